@@ -1,0 +1,288 @@
+//! Starting a container with `clone3` and handling the running container.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+use nix::unistd::{Pid, pipe2};
+
+use crate::cgroup::Cgroup;
+use crate::child;
+use crate::container::Container;
+use crate::error::{OsReason, ProcessError, SpawnError};
+use crate::idmap;
+use crate::plan::{Plan, raise_fd};
+
+/// How a container's pid 1 ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It called `exit` with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled(Signal),
+}
+
+impl ExitStatus {
+    /// Exit code 0.
+    pub fn success(&self) -> bool {
+        *self == ExitStatus::Exited(0)
+    }
+
+    /// The exit code, if it exited rather than being killed.
+    pub fn code(&self) -> Option<i32> {
+        match self {
+            ExitStatus::Exited(code) => Some(*code),
+            ExitStatus::Signaled(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Exited(code) => write!(f, "exit code {code}"),
+            ExitStatus::Signaled(signal) => write!(f, "killed by {signal}"),
+        }
+    }
+}
+
+/// A started container: its pid 1, a pidfd for it and its cgroup.
+///
+/// Call [`Child::wait`]: it reaps the process and removes the cgroup. Dropping an unwaited
+/// `Child` leaves the container running (a supervisor may hand it to its successor).
+#[derive(Debug)]
+pub struct Child {
+    pid: Pid,
+    pidfd: OwnedFd,
+    cgroup: Option<Cgroup>,
+    status: Option<ExitStatus>,
+}
+
+/// `struct clone_args` of the kernel ABI (the same on every architecture).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+fn pipe_above(min: RawFd) -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| SpawnError::Pipe(OsReason(e)))?;
+    Ok((raise_fd(r, min)?, raise_fd(w, min)?))
+}
+
+impl Container {
+    /// Starts the container and returns once its program has been exec'd.
+    ///
+    /// A failure of any setup step inside the child comes back as [`SpawnError::Setup`]
+    /// naming the step and the path; the child is reaped and its cgroup removed.
+    pub fn spawn(&self) -> Result<Child, SpawnError> {
+        let cgroup = self.cgroup.as_ref().map(|spec| spec.create()).transpose()?;
+        match self.spawn_in(cgroup.as_ref()) {
+            Ok((pid, pidfd)) => Ok(Child {
+                pid,
+                pidfd,
+                cgroup,
+                status: None,
+            }),
+            Err(e) => {
+                if let Some(cgroup) = cgroup {
+                    // The spawn error is the one worth reporting.
+                    let _ = cgroup.remove();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn spawn_in(&self, cgroup: Option<&Cgroup>) -> Result<(Pid, OwnedFd), SpawnError> {
+        // Pipes go above every passed descriptor number so placing those cannot clobber them.
+        let max_target = self.fds.iter().map(|(_, t)| *t).max().unwrap_or(2);
+        let (go_read, go_write) = pipe_above(max_target + 1)?;
+        let (status_read, status_write) = pipe_above(max_target + 1)?;
+        let plan = Plan::new(self, go_read.as_raw_fd())?;
+        debug_assert!(plan.min_free_fd <= go_read.as_raw_fd());
+
+        let mut flags = (libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_PIDFD) as u64;
+        if self.network_namespace {
+            flags |= libc::CLONE_NEWNET as u64;
+        }
+        if self.user_namespace.is_some() {
+            flags |= libc::CLONE_NEWUSER as u64;
+        }
+        let mut pidfd: RawFd = -1;
+        let mut args = CloneArgs {
+            flags,
+            pidfd: &mut pidfd as *mut RawFd as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: clone3 with no stack behaves like fork: the child continues on a copy of
+        // this stack. The child only runs `child::run`, which never returns and does not
+        // allocate, and `args` and `pidfd` stay valid for the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &mut args as *mut CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        let pid = match Errno::result(ret) {
+            Ok(0) => child::run(&plan.ops, status_write.as_raw_fd()),
+            Ok(pid) => Pid::from_raw(pid as i32),
+            Err(e) => {
+                return Err(SpawnError::Clone {
+                    flags,
+                    reason: OsReason(e),
+                });
+            }
+        };
+        // SAFETY: with CLONE_PIDFD the kernel stored a new descriptor that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        drop(status_write);
+        drop(go_read);
+
+        let released = self.release(pid, cgroup, &go_write);
+        if let Err(e) = released {
+            kill_and_reap(&pidfd);
+            return Err(e);
+        }
+        match read_status(&status_read) {
+            Ok(None) => Ok((pid, pidfd)),
+            Ok(Some((index, errno))) => {
+                kill_and_reap(&pidfd);
+                Err(plan.error(index, errno))
+            }
+            Err(e) => {
+                kill_and_reap(&pidfd);
+                Err(e)
+            }
+        }
+    }
+
+    /// The parent's part: id maps, cgroup membership, then the go byte.
+    fn release(&self, pid: Pid, cgroup: Option<&Cgroup>, go: &OwnedFd) -> Result<(), SpawnError> {
+        if let Some(userns) = &self.user_namespace {
+            idmap::write_maps(pid, userns)?;
+        }
+        if let Some(cgroup) = cgroup {
+            cgroup.add(pid.as_raw())?;
+        }
+        nix::unistd::write(go, &[1]).map_err(|e| SpawnError::Release(OsReason(e)))?;
+        Ok(())
+    }
+}
+
+/// Reads the child's status record: `None` at end of file, which means it exec'd.
+fn read_status(fd: &OwnedFd) -> Result<Option<(usize, Errno)>, SpawnError> {
+    let mut record = [0u8; child::RECORD_LEN];
+    let mut filled = 0;
+    while filled < record.len() {
+        match nix::unistd::read(fd, &mut record[filled..]) {
+            Ok(0) if filled == 0 => return Ok(None),
+            Ok(0) => return Err(SpawnError::ReadStatus(OsReason(Errno::EPROTO))),
+            Ok(n) => filled += n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(SpawnError::ReadStatus(OsReason(e))),
+        }
+    }
+    let index = u32::from_ne_bytes(record[..4].try_into().expect("four bytes")) as usize;
+    let errno = i32::from_ne_bytes(record[4..].try_into().expect("four bytes"));
+    Ok(Some((index, Errno::from_raw(errno))))
+}
+
+fn send_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> Result<(), Errno> {
+    // SAFETY: pidfd_send_signal with a valid pidfd, a signal number and no siginfo.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
+fn kill_and_reap(pidfd: &OwnedFd) {
+    let _ = send_signal(pidfd.as_fd(), Signal::SIGKILL);
+    while let Err(Errno::EINTR) = waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED) {}
+}
+
+impl Child {
+    /// The container's pid 1, as the caller's pid namespace sees it.
+    pub fn pid(&self) -> i32 {
+        self.pid.as_raw()
+    }
+
+    /// A pidfd: readable once the container has ended (for event loops).
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// The container's cgroup, for reading usage.
+    pub fn cgroup(&self) -> Option<&Cgroup> {
+        self.cgroup.as_ref()
+    }
+
+    /// Sends a signal to the container's pid 1 (safe against pid reuse: it goes by pidfd).
+    pub fn signal(&self, signal: Signal) -> Result<(), ProcessError> {
+        send_signal(self.pidfd.as_fd(), signal).map_err(|e| ProcessError::Signal {
+            pid: self.pid.as_raw(),
+            signal,
+            reason: OsReason(e),
+        })
+    }
+
+    /// Waits for pid 1 to end, reaps it and removes the cgroup.
+    pub fn wait(&mut self) -> Result<ExitStatus, ProcessError> {
+        self.reap(WaitPidFlag::WEXITED)
+            .map(|status| status.expect("a blocking wait returns a status"))
+    }
+
+    /// Like [`Child::wait`] but returns `None` at once if pid 1 is still running.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, ProcessError> {
+        self.reap(WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG)
+    }
+
+    fn reap(&mut self, flags: WaitPidFlag) -> Result<Option<ExitStatus>, ProcessError> {
+        if let Some(status) = self.status {
+            return Ok(Some(status));
+        }
+        let status = loop {
+            match waitid(Id::PIDFd(self.pidfd.as_fd()), flags) {
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    return Err(ProcessError::Wait {
+                        pid: self.pid.as_raw(),
+                        reason: OsReason(e),
+                    });
+                }
+                Ok(WaitStatus::Exited(_, code)) => break ExitStatus::Exited(code),
+                Ok(WaitStatus::Signaled(_, signal, _)) => break ExitStatus::Signaled(signal),
+                Ok(_) => return Ok(None),
+            }
+        };
+        self.status = Some(status);
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.remove()?;
+        }
+        Ok(Some(status))
+    }
+}
