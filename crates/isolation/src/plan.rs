@@ -474,6 +474,24 @@ impl Plan {
             b.push(op, Step::ParentDeathSignal, "");
         }
         b.push(Op::AwaitParent { fd: await_fd }, Step::AwaitParent, "");
+        if c.user_namespace.is_some() {
+            // Until now the child still runs as the parent's host ids, which may be unmapped in
+            // its namespace (files it creates would fail with EOVERFLOW): become its root.
+            b.push(
+                Op::SetGid {
+                    gid: Gid::from_raw(0),
+                },
+                Step::SetGid,
+                "0",
+            );
+            b.push(
+                Op::SetUid {
+                    uid: Uid::from_raw(0),
+                },
+                Step::SetUid,
+                "0",
+            );
+        }
         b.push(Op::MakeMountsPrivate, Step::Mount, "/");
         b.bind(
             root,
