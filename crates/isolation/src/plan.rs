@@ -137,10 +137,8 @@ pub(crate) struct Subject {
 pub(crate) struct Plan {
     pub ops: Vec<Op>,
     pub subjects: Vec<Subject>,
-    /// Descriptors raised above every target number; closed by the parent after `spawn`.
+    /// Sources of the placed descriptors, open until the child has exec'd.
     pub _held_fds: Vec<OwnedFd>,
-    /// The lowest descriptor number that no passed descriptor is placed at.
-    pub min_free_fd: RawFd,
 }
 
 fn cstring(what: &'static str, bytes: &[u8]) -> Result<CString, SpawnError> {
@@ -417,8 +415,14 @@ fn exec_op(c: &Container) -> Result<(Op, PathBuf), SpawnError> {
     Ok((op, PathBuf::from(OsStr::from_bytes(program))))
 }
 
-/// Descriptors to place: stdio and passed ones, each raised above every target number.
-fn fds(c: &Container) -> Result<(Vec<(RawFd, RawFd)>, Vec<OwnedFd>, RawFd), SpawnError> {
+/// Descriptors to place in the child: (source, target) pairs and the sources they refer to.
+struct Placement {
+    pairs: Vec<(RawFd, RawFd)>,
+    held: Vec<OwnedFd>,
+}
+
+/// Stdio and passed descriptors, each raised above every target number.
+fn fds(c: &Container) -> Result<Placement, SpawnError> {
     let mut wanted: Vec<(OwnedFd, RawFd)> = Vec::new();
     for (stdio, target) in [(&c.stdin, 0), (&c.stdout, 1), (&c.stderr, 2)] {
         let fd = match stdio {
@@ -451,7 +455,7 @@ fn fds(c: &Container) -> Result<(Vec<(RawFd, RawFd)>, Vec<OwnedFd>, RawFd), Spaw
         pairs.push((fd.as_raw_fd(), target));
         held.push(fd);
     }
-    Ok((pairs, held, min_free))
+    Ok(Placement { pairs, held })
 }
 
 fn dup_cloexec(fd: &OwnedFd) -> Result<OwnedFd, SpawnError> {
@@ -601,15 +605,20 @@ impl Plan {
             Step::Chdir,
             &c.workdir,
         );
-        let (pairs, held_fds, min_free_fd) = fds(c)?;
-        b.push(Op::PlaceFds { fds: pairs }, Step::PassFd, "");
+        let placement = fds(c)?;
+        b.push(
+            Op::PlaceFds {
+                fds: placement.pairs,
+            },
+            Step::PassFd,
+            "",
+        );
         let (exec, program) = exec_op(c)?;
         b.push(exec, Step::Exec, program);
         Ok(Plan {
             ops: b.ops,
             subjects: b.subjects,
-            _held_fds: held_fds,
-            min_free_fd,
+            _held_fds: placement.held,
         })
     }
 

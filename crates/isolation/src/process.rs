@@ -112,7 +112,6 @@ impl Container {
         let (go_read, go_write) = pipe_above(max_target + 1)?;
         let (status_read, status_write) = pipe_above(max_target + 1)?;
         let plan = Plan::new(self, go_read.as_raw_fd())?;
-        debug_assert!(plan.min_free_fd <= go_read.as_raw_fd());
 
         let mut flags = (libc::CLONE_NEWPID
             | libc::CLONE_NEWNS
