@@ -49,13 +49,27 @@ pub enum SocketError {
     },
 }
 
+/// A listening socket bound by [`bind`], with the path clients connect to.
+#[derive(Debug)]
+pub struct SocketListener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl SocketListener {
+    /// The path clients connect to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// Binds a listening socket at `path` with mode 0600, creating the parent directory.
 ///
 /// A socket file left by a server that is gone is replaced. A socket that still accepts
 /// connections is refused with [`SocketError::InUse`], so a second daemon cannot silently take
 /// over the first one's clients; anything that is not a socket is refused and left alone.
 /// Must be called inside a tokio runtime.
-pub async fn bind(path: impl AsRef<Path>) -> Result<UnixListener, SocketError> {
+pub async fn bind(path: impl AsRef<Path>) -> Result<SocketListener, SocketError> {
     let path = path.as_ref();
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         DirBuilder::new()
@@ -68,18 +82,34 @@ pub async fn bind(path: impl AsRef<Path>) -> Result<UnixListener, SocketError> {
             })?;
     }
     remove_stale(path).await?;
-    let listener = UnixListener::bind(path).map_err(|source| SocketError::Bind {
+    // bind() leaves the mode to the umask: bind a private name, narrow its mode, then rename
+    // it into place, so no client ever sees the socket with a wider mode.
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let staging = path.with_file_name(format!(".{file_name}.{}.binding", std::process::id()));
+    let _ = fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging).map_err(|source| SocketError::Bind {
         path: path.to_owned(),
         source,
     })?;
-    // bind() leaves the mode to the umask; narrow it before anyone is served.
-    fs::set_permissions(path, Permissions::from_mode(SOCKET_MODE)).map_err(|source| {
-        SocketError::SetMode {
+    let placed = fs::set_permissions(&staging, Permissions::from_mode(SOCKET_MODE))
+        .map_err(|source| SocketError::SetMode {
             path: path.to_owned(),
             source,
-        }
-    })?;
-    Ok(listener)
+        })
+        .and_then(|()| {
+            fs::rename(&staging, path).map_err(|source| SocketError::Bind {
+                path: path.to_owned(),
+                source,
+            })
+        });
+    if let Err(e) = placed {
+        let _ = fs::remove_file(&staging);
+        return Err(e);
+    }
+    Ok(SocketListener {
+        listener,
+        path: path.to_owned(),
+    })
 }
 
 /// Removes `path` if it is a socket nobody accepts on.
@@ -156,14 +186,10 @@ pub async fn connect(path: impl AsRef<Path>) -> Result<Channel, SocketError> {
 /// the next [`bind`] replaces it as stale.
 pub async fn serve(
     router: Router,
-    listener: UnixListener,
+    listener: SocketListener,
     shutdown: CancellationToken,
 ) -> Result<(), SocketError> {
-    let path = listener
-        .local_addr()
-        .ok()
-        .and_then(|addr| addr.as_pathname().map(Path::to_owned))
-        .unwrap_or_default();
+    let SocketListener { listener, path } = listener;
     router
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener),
