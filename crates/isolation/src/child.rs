@@ -12,6 +12,7 @@ use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::stat::{FchmodatFlags, Mode, fchmodat};
 use nix::unistd::{chdir, mkdir, pivot_root, setgroups, sethostname, setresgid, setresuid};
 
+use crate::init;
 use crate::plan::Op;
 
 /// The exit code of a child whose setup failed (its parent reaps it and reports the error).
@@ -23,6 +24,12 @@ pub(crate) const RECORD_LEN: usize = 8;
 /// Runs every step; never returns.
 pub(crate) fn run(ops: &[Op], status_fd: RawFd) -> ! {
     for (index, op) in ops.iter().enumerate() {
+        if let Op::Exec {
+            supervise: true, ..
+        } = op
+        {
+            init::run(op, index, status_fd);
+        }
         if let Err(errno) = apply(op) {
             report(status_fd, index, errno);
             exit(SETUP_FAILED);
@@ -32,13 +39,13 @@ pub(crate) fn run(ops: &[Op], status_fd: RawFd) -> ! {
     exit(SETUP_FAILED)
 }
 
-fn exit(code: i32) -> ! {
+pub(crate) fn exit(code: i32) -> ! {
     // SAFETY: _exit ends the process without running the parent's atexit handlers or
     // flushing its stdio buffers, which belong to the parent.
     unsafe { libc::_exit(code) }
 }
 
-fn report(status_fd: RawFd, index: usize, errno: Errno) {
+pub(crate) fn report(status_fd: RawFd, index: usize, errno: Errno) {
     let mut record = [0u8; RECORD_LEN];
     record[..4].copy_from_slice(&(index as u32).to_ne_bytes());
     record[4..].copy_from_slice(&(errno as i32).to_ne_bytes());
@@ -49,7 +56,7 @@ fn report(status_fd: RawFd, index: usize, errno: Errno) {
     let _ = nix::unistd::write(fd, &record);
 }
 
-fn apply(op: &Op) -> Result<(), Errno> {
+pub(crate) fn apply(op: &Op) -> Result<(), Errno> {
     match op {
         Op::AwaitParent { fd } => await_parent(*fd),
         Op::ParentDeathSignal { signal, watch_fd } => {

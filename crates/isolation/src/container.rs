@@ -81,6 +81,8 @@ pub struct Container {
     pub(crate) uid: u32,
     pub(crate) gid: u32,
     pub(crate) groups: Vec<u32>,
+    pub(crate) root_writable: bool,
+    pub(crate) init: bool,
     pub(crate) mount_proc: bool,
     pub(crate) mount_dev: bool,
     pub(crate) mount_sys: bool,
@@ -115,6 +117,8 @@ impl Container {
             uid: 0,
             gid: 0,
             groups: Vec::new(),
+            root_writable: false,
+            init: false,
             mount_proc: true,
             mount_dev: true,
             mount_sys: true,
@@ -185,6 +189,24 @@ impl Container {
         self.uid = uid;
         self.gid = gid;
         self.groups = groups.to_vec();
+        self
+    }
+
+    /// Mounts the image root writable (still `nosuid,nodev`): for building an image in place.
+    pub fn root_writable(&mut self, writable: bool) -> &mut Self {
+        self.root_writable = writable;
+        self
+    }
+
+    /// Runs a small init as pid 1 and the program as its child.
+    ///
+    /// The init forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the program,
+    /// reaps orphans, and exits when the program does: with its exit code, or 128 + the
+    /// signal number if a signal killed it. Programs that do not expect to be pid 1 (which
+    /// the kernel shields from signals it has no handler for, and which inherits every
+    /// orphan) behave as they would outside a container.
+    pub fn init(&mut self, enabled: bool) -> &mut Self {
+        self.init = enabled;
         self
     }
 

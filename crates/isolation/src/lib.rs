@@ -26,6 +26,7 @@ mod child;
 mod container;
 mod error;
 mod idmap;
+mod init;
 mod plan;
 mod process;
 

@@ -115,8 +115,10 @@ pub(crate) enum Op {
     PlaceFds {
         fds: Vec<(RawFd, RawFd)>,
     },
-    /// Tries each candidate path in turn; `argv`/`envp` point into `_strings`.
+    /// Tries each candidate path in turn; `argv`/`envp` point into `_strings`. With
+    /// `supervise`, the exec happens in a child while this process stays as its init.
     Exec {
+        supervise: bool,
         candidates: Vec<CString>,
         argv: Vec<*const libc::c_char>,
         envp: Vec<*const libc::c_char>,
@@ -407,6 +409,7 @@ fn exec_op(c: &Container) -> Result<(Op, PathBuf), SpawnError> {
     let mut envp: Vec<_> = strings[argc..].iter().map(|s| s.as_ptr()).collect();
     envp.push(std::ptr::null());
     let op = Op::Exec {
+        supervise: c.init,
         candidates,
         argv,
         envp,
@@ -497,11 +500,12 @@ impl Plan {
             );
         }
         b.push(Op::MakeMountsPrivate, Step::Mount, "/");
-        b.bind(
-            root,
-            root,
-            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-        )?;
+        let read_only = if c.root_writable {
+            0
+        } else {
+            MOUNT_ATTR_RDONLY
+        };
+        b.bind(root, root, read_only | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)?;
         if c.mount_proc {
             let proc_dir = inside(root, Path::new("/proc"))?;
             let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;

@@ -77,6 +77,30 @@ struct CloneArgs {
     cgroup: u64,
 }
 
+/// `clone3` without a stack: fork semantics, plus namespaces and a pidfd as `flags` ask.
+///
+/// # Safety
+/// The child runs on a copy of the caller's memory made from one thread: until it execs or
+/// exits it must not allocate, take locks or return into code that expects the parent.
+/// `pidfd` must be valid for writes when `flags` has `CLONE_PIDFD`.
+pub(crate) unsafe fn clone3(flags: u64, pidfd: *mut RawFd) -> Result<libc::pid_t, Errno> {
+    let mut args = CloneArgs {
+        flags,
+        pidfd: pidfd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: args is a clone_args of the size passed; the caller upholds the fork contract.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    Errno::result(ret).map(|pid| pid as libc::pid_t)
+}
+
 fn pipe_above(min: RawFd) -> Result<(OwnedFd, OwnedFd), SpawnError> {
     let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| SpawnError::Pipe(OsReason(e)))?;
     Ok((raise_fd(r, min)?, raise_fd(w, min)?))
@@ -125,25 +149,12 @@ impl Container {
             flags |= libc::CLONE_NEWUSER as u64;
         }
         let mut pidfd: RawFd = -1;
-        let mut args = CloneArgs {
-            flags,
-            pidfd: &mut pidfd as *mut RawFd as u64,
-            exit_signal: libc::SIGCHLD as u64,
-            ..CloneArgs::default()
-        };
-        // SAFETY: clone3 with no stack behaves like fork: the child continues on a copy of
-        // this stack. The child only runs `child::run`, which never returns and does not
-        // allocate, and `args` and `pidfd` stay valid for the call.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &mut args as *mut CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
-        let pid = match Errno::result(ret) {
+        // SAFETY: the child continues on a copy of this stack and only runs `child::run`,
+        // which never returns and does not allocate; `pidfd` outlives the call.
+        let ret = unsafe { clone3(flags, &mut pidfd) };
+        let pid = match ret {
             Ok(0) => child::run(&plan.ops, status_write.as_raw_fd()),
-            Ok(pid) => Pid::from_raw(pid as i32),
+            Ok(pid) => Pid::from_raw(pid),
             Err(e) => {
                 return Err(SpawnError::Clone {
                     flags,

@@ -547,3 +547,57 @@ fn cgroup_v2_placement_in_a_private_mount_namespace() {
     let unavailable = format!("isolate: cgroup v2 controller \"memory\" is not available in {m}");
     assert!(lines[2] == "limited" || lines[2] == unavailable, "{stdout}");
 }
+
+#[test]
+fn init_runs_the_program_as_its_child_and_forwards_signals() {
+    require_root!();
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let mut c = shell("echo $$; exec sleep 30");
+    c.init(true).stdout(Stdio::Fd(writer.into()));
+    let mut child = c.spawn().unwrap();
+    drop(c);
+    let mut line = [0u8; 2];
+    reader.read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"2\n", "the program is pid 2, under the init");
+    child.signal(Signal::SIGTERM).unwrap();
+    assert_eq!(child.wait().unwrap(), ExitStatus::Exited(128 + 15));
+}
+
+#[test]
+fn init_exits_with_the_program_status_and_reports_exec_errors() {
+    require_root!();
+    let mut c = shell("sleep 30 & exit 7");
+    c.init(true);
+    let (status, _) = run(c);
+    assert_eq!(status, ExitStatus::Exited(7));
+    let mut c = Container::new(rootfs(), "/bin/not-there");
+    c.init(true);
+    let err = c.spawn().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "exec /bin/not-there: no such file or directory"
+    );
+}
+
+#[test]
+fn writable_root_keeps_what_the_program_writes() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("root");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(rootfs())
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut c = Container::new(&copy, "/bin/sh");
+    c.args(["-c", "echo built > /etc/built"])
+        .root_writable(true);
+    let (status, out) = run(c);
+    assert!(status.success(), "{status}: {out}");
+    assert_eq!(
+        fs::read_to_string(copy.join("etc/built")).unwrap(),
+        "built\n"
+    );
+}
