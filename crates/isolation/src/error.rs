@@ -201,15 +201,25 @@ pub enum ProcessError {
     #[error("wait for pid {pid}: {reason}")]
     Wait { pid: i32, reason: OsReason },
     /// Sending a signal failed.
-    #[error("send {signal} to pid {pid}: {reason}")]
-    Signal {
-        pid: i32,
-        signal: nix::sys::signal::Signal,
-        reason: OsReason,
-    },
+    #[error("pid {pid}: {source}")]
+    Signal { pid: i32, source: PidfdError },
     /// The container ended but its cgroup could not be removed.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+}
+
+/// Opening, signalling through or copying from a pidfd failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PidfdError {
+    #[error("open pidfd of pid {pid}: {reason}")]
+    Open { pid: i32, reason: OsReason },
+    #[error("send {signal} by pidfd: {reason}")]
+    Signal {
+        signal: nix::sys::signal::Signal,
+        reason: OsReason,
+    },
+    #[error("copy fd {fd} by pidfd: {reason}")]
+    GetFd { fd: i32, reason: OsReason },
 }
 
 #[cfg(test)]

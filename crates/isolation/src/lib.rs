@@ -27,13 +27,14 @@ mod container;
 mod error;
 mod idmap;
 mod init;
+pub mod pidfd;
 mod plan;
 mod process;
 
 pub use caps::Capability;
 pub use cgroup::{Cgroup, CgroupSpec, CgroupVersion, Hierarchies, Limits, Usage};
 pub use container::{Container, IdMap, MapWriter, Stdio, UserNamespace, Volume};
-pub use error::{CgroupError, OsReason, ProcessError, SpawnError, Step};
+pub use error::{CgroupError, OsReason, PidfdError, ProcessError, SpawnError, Step};
 pub use nix::sys::signal::Signal;
 pub use plan::DEFAULT_PATH;
 pub use process::{Child, ExitStatus};

@@ -13,6 +13,7 @@ use crate::child;
 use crate::container::Container;
 use crate::error::{OsReason, ProcessError, SpawnError};
 use crate::idmap;
+use crate::pidfd;
 use crate::plan::{Plan, raise_fd};
 
 /// How a container's pid 1 ended.
@@ -216,22 +217,8 @@ fn read_status(fd: &OwnedFd) -> Result<Option<(usize, Errno)>, SpawnError> {
     Ok(Some((index, Errno::from_raw(errno))))
 }
 
-fn send_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> Result<(), Errno> {
-    // SAFETY: pidfd_send_signal with a valid pidfd, a signal number and no siginfo.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal as libc::c_int,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    Errno::result(ret).map(drop)
-}
-
 fn kill_and_reap(pidfd: &OwnedFd) {
-    let _ = send_signal(pidfd.as_fd(), Signal::SIGKILL);
+    let _ = pidfd::send_signal(pidfd.as_fd(), Signal::SIGKILL);
     while let Err(Errno::EINTR) = waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED) {}
 }
 
@@ -253,10 +240,9 @@ impl Child {
 
     /// Sends a signal to the container's pid 1 (safe against pid reuse: it goes by pidfd).
     pub fn signal(&self, signal: Signal) -> Result<(), ProcessError> {
-        send_signal(self.pidfd.as_fd(), signal).map_err(|e| ProcessError::Signal {
+        pidfd::send_signal(self.pidfd.as_fd(), signal).map_err(|source| ProcessError::Signal {
             pid: self.pid.as_raw(),
-            signal,
-            reason: OsReason(e),
+            source,
         })
     }
 
