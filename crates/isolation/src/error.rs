@@ -222,6 +222,33 @@ pub enum PidfdError {
     GetFd { fd: i32, reason: OsReason },
 }
 
+/// Taking ownership of an inherited descriptor failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FdError {
+    #[error("fd {0} is stdio, which std owns")]
+    Stdio(i32),
+    #[error("fd {0} is not open")]
+    NotOpen(i32),
+    #[error("fd {0} is already claimed")]
+    AlreadyClaimed(i32),
+    #[error("inspect fd {fd}: {reason}")]
+    Inspect { fd: i32, reason: OsReason },
+}
+
+/// Installing the re-exec on fatal signals failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReexecError {
+    #[error("program or argument contains a NUL byte: {0:?}")]
+    Nul(String),
+    #[error("re-exec on fatal signals is already installed")]
+    AlreadyInstalled,
+    #[error("install handler for {signal}: {reason}")]
+    Install {
+        signal: nix::sys::signal::Signal,
+        reason: OsReason,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

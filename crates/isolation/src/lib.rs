@@ -25,16 +25,20 @@ pub mod cgroup;
 mod child;
 mod container;
 mod error;
+pub mod fd;
 mod idmap;
 mod init;
 pub mod pidfd;
 mod plan;
 mod process;
+pub mod reexec;
 
 pub use caps::Capability;
 pub use cgroup::{Cgroup, CgroupSpec, CgroupVersion, Hierarchies, Limits, Usage};
 pub use container::{Container, IdMap, MapWriter, Stdio, UserNamespace, Volume};
-pub use error::{CgroupError, OsReason, PidfdError, ProcessError, SpawnError, Step};
+pub use error::{
+    CgroupError, FdError, OsReason, PidfdError, ProcessError, ReexecError, SpawnError, Step,
+};
 pub use nix::sys::signal::Signal;
 pub use plan::DEFAULT_PATH;
 pub use process::{Child, ExitStatus};
