@@ -1,0 +1,679 @@
+//! Root-only acceptance scenarios of spec/lithos.md §5: the real lithos_tree, lithos_knot,
+//! lithos_switch, lithos_ps, lithos_check and lithos_cmd on busybox images.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Fixture, app_pid, bin, free_port, proc_status};
+use protocol::pb::lithos as pb;
+use tokio_stream::StreamExt;
+
+const SLEEPER: &str = "executable: /bin/sleep\narguments: [1000]\nenviron: {PATH: /bin}\n";
+const TWO: &str = "w: {image: v1, config: /config/w.yaml, instances: 2}\n";
+
+/// Events of the control socket, collected by a thread of its own.
+struct EventLog {
+    events: Arc<Mutex<Vec<pb::Event>>>,
+}
+
+impl EventLog {
+    fn start(f: &Fixture) -> EventLog {
+        let socket = f.root().join("run/control.sock");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            common::runtime().block_on(async move {
+                let channel = protocol::unix::connect(&socket).await.unwrap();
+                let mut client = pb::control_client::ControlClient::new(channel);
+                let mut stream = client
+                    .events(pb::EventsRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner();
+                ready_tx.send(()).unwrap();
+                while let Some(Ok(e)) = stream.next().await {
+                    sink.lock().unwrap().push(e);
+                }
+            })
+        });
+        ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        EventLog { events }
+    }
+
+    fn kinds(&self) -> Vec<pb::event::Kind> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e.kind.clone())
+            .collect()
+    }
+
+    fn started_times(&self, instance: &str) -> Vec<u64> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(&e.kind, Some(pb::event::Kind::InstanceStarted(s)) if s.instance == instance))
+            .map(|e| e.timestamp_ms)
+            .collect()
+    }
+}
+
+/// Connects to `port` every 10 ms until stopped; counts refused connections.
+struct Prober {
+    stop: Arc<AtomicBool>,
+    refused: Arc<AtomicUsize>,
+    ok: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Prober {
+    fn start(port: u16) -> Prober {
+        let stop = Arc::new(AtomicBool::new(false));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let (s, r, o) = (stop.clone(), refused.clone(), ok.clone());
+        let thread = std::thread::spawn(move || {
+            // Bounded: at most ten minutes of probing whatever happens.
+            let start = Instant::now();
+            while !s.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(600) {
+                match TcpStream::connect_timeout(
+                    &([127, 0, 0, 1], port).into(),
+                    Duration::from_secs(2),
+                ) {
+                    Ok(_) => o.fetch_add(1, Ordering::Relaxed),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        r.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(_) => 0,
+                };
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Prober {
+            stop,
+            refused,
+            ok,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[test]
+fn instances_run_confined_and_are_listed() {
+    require_root!();
+    let mut f = Fixture::new("");
+    f.image("v1", SLEEPER);
+    f.write_processes(TWO);
+    f.start_tree();
+    let running = f.wait_running(&["demo/w.0", "demo/w.1"]);
+    let init = running["demo/w.0"];
+    let app = app_pid(init).expect("the program runs under the init");
+    let status = proc_status(app);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("1000")),
+        "{status}"
+    );
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    // CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID NET_BIND_SERVICE
+    assert!(status.contains("CapBnd:\t00000000000004fb"), "{status}");
+    let mountinfo = fs::read_to_string(format!("/proc/{app}/mountinfo")).unwrap();
+    let root = mountinfo
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/"))
+        .unwrap();
+    let opts = root.split_whitespace().nth(5).unwrap();
+    for flag in ["ro", "nosuid", "nodev"] {
+        assert!(
+            opts.split(',').any(|o| o == flag),
+            "{flag} missing in {root}"
+        );
+    }
+    let environ = fs::read(format!("/proc/{app}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        environ.split('\0').any(|v| v == "LITHOS_NAME=demo/w.0"),
+        "{environ}"
+    );
+    let state = f.state_dir().join("w.0");
+    assert!(state.join("hosts").is_file() && state.join("resolv.conf").is_file());
+    let cgroup = fs::read_to_string(format!("/proc/{app}/cgroup")).unwrap();
+    assert!(
+        cgroup.contains(&format!("/{}/demo.slice/demo:w.0.scope", f.cgroup)),
+        "{cgroup}"
+    );
+    let ps = bin("lithos_ps")
+        .arg("--master")
+        .arg(&f.master)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(ps.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
+    let instances = &json["trees"][0]["sandboxes"][0]["processes"][0]["instances"];
+    assert_eq!(instances.as_array().unwrap().len(), 2, "{json}");
+    for i in instances.as_array().unwrap() {
+        assert_eq!(i["state"], "running", "{json}");
+    }
+    let second = bin("lithos_tree")
+        .arg("--master")
+        .arg(&f.master)
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let message = format!("lithos_tree already running as pid {}", f.tree_pid());
+    assert!(String::from_utf8_lossy(&second.stderr).contains(&message));
+    let text = bin("lithos_ps")
+        .arg("--master")
+        .arg(&f.master)
+        .arg("--no-color")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(&format!("{app} demo/w.0")), "{text}");
+    f.stop_tree();
+    assert!(!state.exists(), "state dir removed after an orderly stop");
+}
+
+#[test]
+fn instance_count_changes_keep_untouched_pids() {
+    require_root!();
+    let mut f = Fixture::new("");
+    f.image("v1", SLEEPER);
+    f.write_processes(TWO);
+    f.start_tree();
+    let before = f.wait_running(&["demo/w.0", "demo/w.1"]);
+    let out = f.switch("w: {image: v1, config: /config/w.yaml, instances: 3}\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let three = f.wait_running(&["demo/w.0", "demo/w.1", "demo/w.2"]);
+    assert_eq!(three["demo/w.0"], before["demo/w.0"]);
+    assert_eq!(three["demo/w.1"], before["demo/w.1"]);
+    let out = f.switch("w: {image: v1, config: /config/w.yaml, instances: 1}\n");
+    assert!(out.status.success());
+    f.wait_until("only w.0 is left", Duration::from_secs(20), |f| {
+        f.instances().len() == 1
+    });
+    assert_eq!(f.running()["demo/w.0"], before["demo/w.0"]);
+    for gone in ["w.1", "w.2"] {
+        assert!(
+            !f.state_dir().join(gone).exists(),
+            "{gone} state dir removed"
+        );
+        let scope = Path::new("/sys/fs/cgroup/memory")
+            .join(&f.cgroup)
+            .join(format!("demo.slice/demo:{gone}.scope"));
+        assert!(!scope.exists(), "{} removed", scope.display());
+    }
+}
+
+#[test]
+fn image_switch_replaces_instances_with_events() {
+    require_root!();
+    let mut f = Fixture::new("");
+    f.image("v1", SLEEPER);
+    f.image("v2", SLEEPER);
+    f.write_processes(TWO);
+    f.start_tree();
+    let before = f.wait_running(&["demo/w.0", "demo/w.1"]);
+    let events = EventLog::start(&f);
+    let out = f.switch("w: {image: v2, config: /config/w.yaml, instances: 2}\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    f.wait_until("both run from v2", Duration::from_secs(20), |f| {
+        let r = f.running();
+        r.len() == 2 && r.iter().all(|(n, pid)| before[n] != *pid)
+    });
+    let kinds = events.kinds();
+    let count = |pred: fn(&pb::event::Kind) -> bool| kinds.iter().filter(|k| pred(k)).count();
+    assert_eq!(
+        count(|k| matches!(k, pb::event::Kind::ConfigApplied(_))),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        count(|k| matches!(k, pb::event::Kind::InstanceExited(_))),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        count(|k| matches!(k, pb::event::Kind::InstanceStarted(_))),
+        2,
+        "{kinds:?}"
+    );
+    let status = f.status();
+    assert_eq!(status.sandboxes[0].entries[0].image, "v2");
+    let knot = f.instances()["demo/w.0"].2.unwrap();
+    let cmdline = fs::read(format!("/proc/{knot}/cmdline")).unwrap();
+    assert!(String::from_utf8_lossy(&cmdline).contains(&format!("{}/v2", f.images.display())));
+    let restarts = lithos::metrics::read(&f.root().join("run/metrics/lithos"))
+        .into_iter()
+        .find(|(n, _, _)| n.contains("\"master\"") && n.contains("restarts"))
+        .map(|(_, _, v)| v);
+    assert_eq!(restarts, Some(1), "one reload counted");
+}
+
+#[test]
+fn crash_loop_backs_off_to_the_cap_and_normal_exits_do_not_fail() {
+    require_root!();
+    let mut f = Fixture::new("");
+    f.image(
+        "v1",
+        "executable: /bin/false\nrestart-timeout: 0.25\nrestart-backoff: {max-delay: 1}\n",
+    );
+    f.container_config("v1", "z.yaml", "executable: /bin/sh\narguments: [-c, 'exit 42']\nrestart-timeout: 0.25\nnormal-exit-codes: [42]\n");
+    f.write_processes(
+        "w: {image: v1, config: /config/w.yaml}\nz: {image: v1, config: /config/z.yaml}\n",
+    );
+    f.start_tree();
+    let events = EventLog::start(&f);
+    std::thread::sleep(Duration::from_secs(6));
+    let starts = events.started_times("demo/w.0");
+    assert!(starts.len() >= 5, "{starts:?}");
+    let gaps: Vec<u64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    // Delays 0.25, 0.5, 1, 1, ...: they grow, then stay at the cap.
+    let first_growing = gaps.iter().position(|g| *g >= 400).expect("delays grow");
+    for g in &gaps[first_growing..] {
+        assert!(
+            (400..2000).contains(g),
+            "gap {g} ms out of 0.5..1 s + slack: {gaps:?}"
+        );
+    }
+    let late: Vec<&u64> = gaps.iter().skip(3).collect();
+    assert!(
+        !late.is_empty() && late.iter().all(|g| (900..2000).contains(*g)),
+        "capped at 1 s: {gaps:?}"
+    );
+    let status = f.status();
+    let instance = |name: &str| {
+        status.sandboxes[0]
+            .entries
+            .iter()
+            .flat_map(|e| e.instances.iter())
+            .find(|i| i.name == name)
+            .cloned()
+            .unwrap()
+    };
+    assert!(instance("demo/w.0").failures >= 3, "{status:?}");
+    assert_ne!(instance("demo/w.0").state, pb::InstanceState::GaveUp as i32);
+    assert_eq!(instance("demo/z.0").failures, 0, "{status:?}");
+    assert!(
+        events.started_times("demo/z.0").len() >= 4,
+        "z restarts every 0.25 s"
+    );
+}
+
+#[test]
+fn kill_timeout_kills_a_process_that_ignores_sigterm() {
+    require_root!();
+    let mut f = Fixture::new("");
+    f.image(
+        "v1",
+        "executable: /bin/sh\narguments: [-c, \"trap '' TERM; while :; do sleep 1; done\"]\nenviron: {PATH: /bin}\nkill-timeout: 1\n",
+    );
+    f.write_processes("w: {image: v1, config: /config/w.yaml}\n");
+    f.start_tree();
+    f.wait_running(&["demo/w.0"]);
+    let events = EventLog::start(&f);
+    let start = Instant::now();
+    let out = f.switch("{}\n");
+    assert!(out.status.success());
+    f.wait_until("w is gone", Duration::from_secs(20), |f| {
+        f.instances().is_empty()
+    });
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "killed only after kill-timeout"
+    );
+    let log = fs::read_to_string(f.root().join("log/demo.log")).unwrap();
+    assert!(log.contains("did not respond to SIGTERM"), "{log}");
+    assert!(
+        events
+            .kinds()
+            .iter()
+            .any(|k| matches!(k, pb::event::Kind::InstanceExited(_)))
+    );
+}
+
+#[test]
+fn upgrade_and_crash_keep_containers_and_the_listening_socket() {
+    require_root!();
+    let port = free_port();
+    let mut f = Fixture::new(&format!("allow-tcp-ports: [{port}]\n"));
+    // The kernel completes connections on the LISTEN socket (backlog 4096) whether or not
+    // the program accepts: a refused connection means nobody held the socket.
+    f.image(
+        "v1",
+        &format!(
+            "{SLEEPER}tcp-ports:\n  {port}: {{fd: 3, host: 127.0.0.1, listen-backlog: 4096}}\n"
+        ),
+    );
+    f.write_processes(TWO);
+    let first_tree = f.start_tree();
+    let before = f.wait_running(&["demo/w.0", "demo/w.1"]);
+    let prober = Prober::start(port);
+    for _ in 0..5 {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(f.tree_pid()),
+            nix::sys::signal::Signal::SIGQUIT,
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        f.wait_until(
+            "the re-executed tree answers",
+            Duration::from_secs(20),
+            |f| f.try_status().is_some(),
+        );
+    }
+    assert_eq!(f.tree_pid() as u32, first_tree, "same pid after re-exec");
+    assert_eq!(f.running(), before, "same containers after re-exec");
+    // SIGKILL: the knots and their sockets outlive the tree; a new one adopts them.
+    let mut old = f.tree.take().unwrap();
+    old.kill().unwrap();
+    old.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let events_tree = f.start_tree();
+    assert_ne!(events_tree, first_tree);
+    let after = f.wait_running(&["demo/w.0", "demo/w.1"]);
+    assert_eq!(after, before, "the new tree adopted the same containers");
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, refused) = prober.finish();
+    assert!(ok > 50, "{ok} connections made");
+    assert_eq!(
+        refused,
+        0,
+        "{refused} of {} connections refused",
+        ok + refused
+    );
+    assert_eq!(
+        lithos::tree::find_knots(&f.master).len(),
+        2,
+        "no duplicate knots"
+    );
+    let log = f.tree_log();
+    assert!(!log.contains("Address already in use"), "{log}");
+    assert!(log.matches("adopted knot").count() >= 2, "{log}");
+}
+
+#[test]
+fn broken_processes_file_keeps_running_containers() {
+    require_root!();
+    let mut f = Fixture::new("");
+    f.image("v1", SLEEPER);
+    f.write_processes(TWO);
+    f.start_tree();
+    let before = f.wait_running(&["demo/w.0", "demo/w.1"]);
+    let live = fs::read_to_string(f.processes_path()).unwrap();
+    let out = f.switch("w:\n  image: v1\n  config: /config/w.yaml\n  instnces: 2\n");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("new-processes.yaml:4:3: unknown key \"instnces\" in entry \"w\""),
+        "{stderr}"
+    );
+    assert_eq!(
+        fs::read_to_string(f.processes_path()).unwrap(),
+        live,
+        "live file untouched"
+    );
+    // Written by hand and applied with SIGQUIT: the tree keeps the last good config.
+    f.write_processes("w: [image: v1\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(f.tree_pid()),
+        nix::sys::signal::Signal::SIGQUIT,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    f.wait_until("the tree answers", Duration::from_secs(20), |f| {
+        f.try_status().is_some()
+    });
+    assert_eq!(f.running(), before);
+    let errors = &f.status().sandboxes[0].config_errors;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].file.ends_with("processes/demo.yaml") && errors[0].line >= 1,
+        "{errors:?}"
+    );
+    let ps = bin("lithos_ps")
+        .arg("--master")
+        .arg(&f.master)
+        .arg("--no-color")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&ps.stdout);
+    assert!(
+        text.contains("config error: ") && text.contains("processes/demo.yaml:"),
+        "{text}"
+    );
+    // A broken master.yaml: the tree refuses to re-execute and keeps running.
+    let pid = f.tree_pid();
+    let good_master = fs::read_to_string(&f.master).unwrap();
+    fs::write(&f.master, format!("{good_master}runtime-dri: x\n")).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGQUIT,
+    )
+    .unwrap();
+    f.wait_until("the refusal is logged", Duration::from_secs(10), |f| {
+        f.tree_log().contains("not re-executing")
+    });
+    assert_eq!(f.tree_pid(), pid);
+    assert_eq!(f.running(), before);
+    fs::write(&f.master, good_master).unwrap();
+}
+
+#[test]
+fn bad_entries_are_rejected_by_check_and_not_started() {
+    require_root!();
+    let port = free_port();
+    let mut f = Fixture::new(&format!("allow-tcp-ports: [{port}]\n"));
+    f.image("v1", SLEEPER);
+    f.container_config("v1", "root.yaml", &format!("{SLEEPER}user-id: 0\n"));
+    f.container_config(
+        "v1",
+        "port.yaml",
+        &format!("{SLEEPER}tcp-ports: {{9: {{fd: 3}}}}\n"),
+    );
+    f.container_config(
+        "v1",
+        "vol.yaml",
+        &format!("{SLEEPER}volumes: {{/data: !Persistent /other}}\n"),
+    );
+    f.write_processes(TWO);
+    f.start_tree();
+    let before = f.wait_running(&["demo/w.0", "demo/w.1"]);
+    let bad = format!(
+        "{TWO}v9: {{image: v9, config: /config/w.yaml}}\nroot: {{image: v1, config: /config/root.yaml}}\n\
+         port: {{image: v1, config: /config/port.yaml}}\nvol: {{image: v1, config: /config/vol.yaml}}\n"
+    );
+    let file = f.root().join("bad.yaml");
+    fs::write(&file, &bad).unwrap();
+    let check = bin("lithos_check")
+        .args(["-C"])
+        .arg(&f.master)
+        .args(["--sandbox", "demo", "--alternate-config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    for expected in [
+        format!("image \"{}\" not found", f.images.join("v9").display()),
+        "User is not in allowed range (uid: 0)".to_string(),
+        "port 9 is not in allow-tcp-ports of sandbox demo".to_string(),
+        "can't find volume /other in writable-paths of sandbox demo".to_string(),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "{expected} missing in:\n{stderr}"
+        );
+    }
+    // Forced: written without a check. None of them starts; w is unaffected.
+    f.write_processes(&bad);
+    let response = f.reload();
+    assert_eq!(response.rejected.len(), 1);
+    assert_eq!(response.rejected[0].errors.len(), 4, "{response:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let instances = f.instances();
+    for name in ["demo/v9.0", "demo/root.0", "demo/port.0", "demo/vol.0"] {
+        assert_eq!(
+            instances[name].0,
+            pb::InstanceState::FailedSetup as i32,
+            "{name}: {instances:?}"
+        );
+    }
+    assert_eq!(f.running(), before);
+    assert!(
+        f.tree_log()
+            .contains("User is not in allowed range (uid: 0)")
+    );
+}
+
+#[test]
+fn memory_limit_is_clamped_and_oom_kills_restart_the_container() {
+    require_root!();
+    let mut f = Fixture::new("max-memory-limit: 32Mi\ntotal-pids-limit: 50\n");
+    f.image(
+        "v1",
+        "executable: /bin/sh\narguments: [-c, 'sleep 2; dd if=/dev/zero of=/dev/null bs=200M count=1']\n\
+         environ: {PATH: /bin}\nmemory-limit: 64Mi\nrestart-timeout: 0.5\n",
+    );
+    f.write_processes("w: {image: v1, config: /config/w.yaml}\n");
+    f.start_tree();
+    let events = EventLog::start(&f);
+    let running = f.wait_running(&["demo/w.0"]);
+    let cgroup = fs::read_to_string(format!("/proc/{}/cgroup", running["demo/w.0"])).unwrap();
+    let memory = cgroup.lines().find_map(|l| {
+        l.strip_prefix("4:memory:")
+            .or_else(|| l.split_once(":memory:").map(|(_, p)| p))
+    });
+    if let Some(path) = memory {
+        let limit =
+            fs::read_to_string(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"))
+                .unwrap();
+        assert_eq!(limit.trim(), "33554432");
+        let slice = Path::new("/sys/fs/cgroup/pids")
+            .join(&f.cgroup)
+            .join("demo.slice/pids.max");
+        assert_eq!(fs::read_to_string(slice).unwrap().trim(), "50");
+    } else {
+        let path = cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        let limit = fs::read_to_string(format!("/sys/fs/cgroup{path}/memory.max")).unwrap();
+        assert_eq!(limit.trim(), "33554432");
+    }
+    f.wait_until("an OOM kill is reported, then the container starts again", Duration::from_secs(20), |_| {
+        let kinds = events.kinds();
+        let oom_at = kinds.iter().position(|k| {
+            matches!(k, pb::event::Kind::InstanceExited(e) if e.exit.as_ref().is_some_and(|x| x.oom))
+        });
+        oom_at.is_some_and(|i| kinds[i..].iter().any(|k| matches!(k, pb::event::Kind::InstanceStarted(_))))
+    });
+    assert!(
+        f.tree_log()
+            .contains("exceeds max-memory-limit 32Mi of sandbox demo"),
+        "{}",
+        f.tree_log()
+    );
+}
+
+#[test]
+fn command_gets_stdin_and_returns_its_status() {
+    require_root!();
+    let f = Fixture::new("");
+    f.image("v1", SLEEPER);
+    f.container_config(
+        "v1",
+        "sh.yaml",
+        "kind: Command\nexecutable: /bin/sh\ninteractive: true\nenviron: {PATH: /bin}\n",
+    );
+    f.write_processes("sh: {kind: Command, image: v1, config: /config/sh.yaml}\n");
+    let run = |script: &str| {
+        let mut child = bin("lithos_cmd")
+            .arg("--master")
+            .arg(&f.master)
+            .args(["demo", "sh", "-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"hi\n").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run("cat; ls -d /proc/self/../$$ >/dev/null; exit 3");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    assert_eq!(out.status.code(), Some(1));
+    let out = run("cat; exit 0");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    assert_eq!(out.status.code(), Some(0));
+    let leftovers: Vec<_> = fs::read_dir(f.state_dir())
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "cmd state dirs removed: {leftovers:?}"
+    );
+}
+
+#[test]
+fn uid_map_of_the_sandbox_maps_the_container_user() {
+    require_root!();
+    let mut f = Fixture::new("");
+    // Replace the sandbox: uid-map with allow-users inside the map.
+    fs::write(
+        f.root().join("etc/sandboxes/demo.yaml"),
+        format!(
+            "image-dir: {}\nallow-users: [1-65535]\nallow-groups: [1-65535]\ndefault-group: 1\n\
+             uid-map: [{{inside: 0, outside: 100000, count: 65536}}]\ngid-map: [{{inside: 0, outside: 100000, count: 65536}}]\n",
+            f.images.display()
+        ),
+    )
+    .unwrap();
+    f.image("v1", &format!("{SLEEPER}user-id: 1\n"));
+    f.container_config("v1", "root.yaml", &format!("{SLEEPER}user-id: 0\n"));
+    f.write_processes(
+        "w: {image: v1, config: /config/w.yaml}\nr: {image: v1, config: /config/root.yaml}\n",
+    );
+    f.start_tree();
+    let running = f.wait_running(&["demo/w.0"]);
+    let app = app_pid(running["demo/w.0"]).unwrap();
+    let status = proc_status(app);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("100001")),
+        "{status}"
+    );
+    let instances: BTreeMap<_, _> = f.instances();
+    assert_eq!(
+        instances["demo/r.0"].0,
+        pb::InstanceState::FailedSetup as i32
+    );
+}
