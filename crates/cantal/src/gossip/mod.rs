@@ -1,0 +1,765 @@
+//! Membership and failure detection: SWIM (foca) over a datagram [`Transport`].
+//!
+//! [`Gossip::run`] owns the foca instance and drives it from datagrams, timers and commands;
+//! after every step it brings the shared [`Peers`] table in line with foca's members, which
+//! publishes the changes to `WatchPeers` subscribers as they happen. The same loop runs on
+//! a UDP socket in the agent and on an in-memory network in the simulation tests.
+
+pub mod effects;
+pub mod frame;
+pub mod identity;
+pub mod node_info;
+pub mod peers;
+pub mod transport;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::num::{NonZeroU8, NonZeroUsize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant as StdInstant};
+
+use foca::{
+    Codec, Config, Foca, Message, OwnedNotification, PeriodicParams, PostcardCodec, State, Timer,
+};
+use protocol::domain::{MachineId, PeerState};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
+
+use crate::log_limit::LogLimit;
+use effects::{Duplicates, Effects};
+use frame::BadPacket;
+use identity::NodeId;
+use node_info::{InfoHandler, InfoStore, NodeInfo};
+use peers::{Conflict, Member, Peers, ProbeStats};
+pub use transport::Transport;
+
+/// Protocol timing; [`Timing::default`] is the spec's.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub probe_period: Duration,
+    pub probe_timeout: Duration,
+    pub indirect_probes: usize,
+    /// Suspect → dead after this × max(1, log10 N).
+    pub suspicion: Duration,
+    pub gossip_period: Duration,
+    pub gossip_fanout: usize,
+    /// Announce to one random dead member this often (heals partitions).
+    pub announce_dead_period: Duration,
+    /// Announce to one random live member this often (spreads membership).
+    pub announce_period: Duration,
+    /// Re-announce this node's info this often even when unchanged.
+    pub info_period: Duration,
+    pub forget_dead_after: Duration,
+    /// Join attempts at a doubling interval before slowing down.
+    pub join_attempts: u32,
+    pub join_first_retry: Duration,
+    pub join_slow_retry: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            probe_period: Duration::from_secs(1),
+            probe_timeout: Duration::from_millis(500),
+            indirect_probes: 3,
+            suspicion: Duration::from_secs(4),
+            gossip_period: Duration::from_millis(200),
+            gossip_fanout: 3,
+            announce_dead_period: Duration::from_secs(10),
+            announce_period: Duration::from_secs(30),
+            info_period: Duration::from_secs(30),
+            forget_dead_after: Duration::from_secs(48 * 3600),
+            join_attempts: 5,
+            join_first_retry: Duration::from_millis(100),
+            join_slow_retry: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Who this node is and whom it starts with.
+#[derive(Debug, Clone)]
+pub struct GossipConfig {
+    pub machine_id: MachineId,
+    pub cluster_name: String,
+    pub node_name: String,
+    pub hostname: String,
+    /// The gossip address peers reach this node at.
+    pub addr: SocketAddr,
+    /// Every address to announce.
+    pub addresses: Vec<SocketAddr>,
+    pub seeds: Vec<SocketAddr>,
+    pub max_peers: usize,
+    pub timing: Timing,
+    /// Seeds the random generator (simulations); `None` draws from the OS.
+    pub seed: Option<u64>,
+}
+
+/// Something asked of the gossip loop.
+#[derive(Debug)]
+enum Command {
+    Join(SocketAddr),
+}
+
+/// The gossip loop is gone (stopped, or gossip is off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("gossip is not running")]
+pub struct NotRunning;
+
+/// What the APIs see of gossip.
+#[derive(Debug)]
+pub struct Membership {
+    pub peers: Peers,
+    bad_packets: [AtomicU64; 5],
+    commands: Option<mpsc::UnboundedSender<Command>>,
+}
+
+impl Membership {
+    /// Membership of an agent without `--cluster-name`: no peers, joins refused.
+    pub fn disabled() -> Arc<Self> {
+        Arc::new(Self {
+            peers: Peers::new(1),
+            bad_packets: Default::default(),
+            commands: None,
+        })
+    }
+
+    /// Asks the loop to join the cluster through `addr` (retried as the spec says).
+    pub fn join(&self, addr: SocketAddr) -> Result<(), NotRunning> {
+        self.commands
+            .as_ref()
+            .ok_or(NotRunning)?
+            .send(Command::Join(addr))
+            .map_err(|_| NotRunning)
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.commands.is_some()
+    }
+
+    /// Dropped datagrams by reason.
+    pub fn bad_packets(&self) -> BTreeMap<&'static str, u64> {
+        BadPacket::ALL
+            .iter()
+            .map(|kind| {
+                (
+                    kind.name(),
+                    self.bad_packets[*kind as usize].load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    fn count(&self, kind: BadPacket) {
+        self.bad_packets[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Wall-clock milliseconds derived from the (possibly simulated) monotonic clock.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    wall_start_ms: u64,
+    start: Instant,
+}
+
+impl Clock {
+    fn now_ms(&self) -> u64 {
+        self.wall_start_ms + u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+#[derive(Debug)]
+struct Join {
+    addr: SocketAddr,
+    attempts: u32,
+    next_at: Instant,
+}
+
+type FocaInstance = Foca<NodeId, PostcardCodec, StdRng, InfoHandler>;
+
+/// The gossip loop's state.
+pub struct Gossip {
+    config: GossipConfig,
+    foca: FocaInstance,
+    effects: Effects,
+    duplicates: Duplicates,
+    timers: DelayQueue<Timer<NodeId>>,
+    membership: Arc<Membership>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    infos: InfoStore,
+    stats: HashMap<SocketAddr, ProbeStats>,
+    pings: HashMap<(SocketAddr, u8), Instant>,
+    clock: Clock,
+    cluster_hash: [u8; 8],
+    joins: Vec<Join>,
+    info: Option<NodeInfo>,
+    info_version: u64,
+    info_due: Instant,
+    cluster_size: usize,
+    conflict: Option<Conflict>,
+    /// foca's members at the last reconcile: the table is rebuilt only when they change.
+    fingerprint: Vec<(NodeId, State, u16)>,
+    /// Suspect members: incarnation suspected and when to declare them dead.
+    suspicions: HashMap<NodeId, (u16, Instant)>,
+    stats_changed: bool,
+    reconcile_due: Option<Instant>,
+    leaving: bool,
+    rng: StdRng,
+    log_limit: LogLimit,
+    packet: Vec<u8>,
+}
+
+impl std::fmt::Debug for Gossip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gossip")
+            .field("identity", self.foca.identity())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Pause between two announcements of this node's info caused by new members.
+const INFO_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Pause after a failed receive, so a broken socket does not spin.
+const RECEIVE_RETRY: Duration = Duration::from_millis(100);
+/// Nodes that only heard of a suspicion wait this much longer than the prober.
+const SUSPICION_MARGIN: f64 = 1.5;
+/// Delay between foca changing and the peer table following.
+const RECONCILE_DELAY: Duration = Duration::from_millis(20);
+/// Probes older than this never get their round trip measured.
+const PING_MEMORY: Duration = Duration::from_secs(10);
+
+impl Gossip {
+    /// Builds the loop and the handle the APIs use. `wall_now_ms` is the wall-clock time now.
+    pub fn new(config: GossipConfig, wall_now_ms: u64) -> (Self, Arc<Membership>) {
+        let mut rng = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => rand::make_rng(),
+        };
+        let identity = NodeId {
+            addr: config.addr,
+            machine_id: *config.machine_id.as_bytes(),
+            boot_ms: wall_now_ms,
+            nonce: rng.random(),
+            generation: 0,
+        };
+        let foca_rng = StdRng::seed_from_u64(rng.random());
+        let infos = InfoStore::new(config.max_peers.saturating_mul(2).max(16));
+        let foca = Foca::with_custom_broadcast(
+            identity,
+            foca_config(&config.timing, 1),
+            foca_rng,
+            PostcardCodec,
+            InfoHandler {
+                store: infos.clone(),
+            },
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        let membership = Arc::new(Membership {
+            peers: Peers::new(config.max_peers),
+            bad_packets: Default::default(),
+            commands: Some(tx),
+        });
+        let now = Instant::now();
+        let joins = config
+            .seeds
+            .iter()
+            .map(|&addr| Join {
+                addr,
+                attempts: 0,
+                next_at: now,
+            })
+            .collect();
+        let gossip = Self {
+            cluster_hash: frame::cluster_hash(&config.cluster_name),
+            config,
+            foca,
+            effects: Effects::default(),
+            duplicates: Duplicates::default(),
+            timers: DelayQueue::new(),
+            membership: Arc::clone(&membership),
+            commands: rx,
+            infos,
+            stats: HashMap::new(),
+            pings: HashMap::new(),
+            clock: Clock {
+                wall_start_ms: wall_now_ms,
+                start: now,
+            },
+            joins,
+            info: None,
+            info_version: 0,
+            info_due: now,
+            cluster_size: 1,
+            conflict: None,
+            fingerprint: Vec::new(),
+            suspicions: HashMap::new(),
+            stats_changed: false,
+            reconcile_due: None,
+            leaving: false,
+            rng,
+            log_limit: LogLimit::new(),
+            packet: Vec::with_capacity(frame::MAX_SEND),
+        };
+        (gossip, membership)
+    }
+
+    /// Runs until `shutdown`; on the way out tells the cluster this node leaves.
+    pub async fn run<T: Transport>(mut self, transport: T, shutdown: CancellationToken) {
+        let mut buf = vec![0u8; frame::MAX_RECEIVE + 1];
+        self.housekeeping();
+        self.flush(&transport).await;
+        loop {
+            let wake = self.reconcile_due.map_or(self.next_housekeeping(), |due| {
+                due.min(self.next_housekeeping())
+            });
+            // Whether foca ran: only then can members, sends or timers have changed.
+            let touched = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(command) = self.commands.recv() => match command {
+                    Command::Join(addr) => {
+                        self.add_join(addr);
+                        false
+                    }
+                },
+                Some(expired) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)) => {
+                    let result = self.foca.handle_timer(expired.into_inner(), &mut self.effects);
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "gossip timer");
+                    }
+                    true
+                }
+                received = transport.recv_from(&mut buf) => match received {
+                    Ok((len, from)) => self.handle_datagram(&buf[..len], from),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "gossip receive failed");
+                        tokio::time::sleep(RECEIVE_RETRY).await;
+                        false
+                    }
+                },
+                () = tokio::time::sleep_until(wake) => {
+                    let now = Instant::now();
+                    if self.reconcile_due.is_some_and(|due| due <= now) {
+                        self.reconcile_due = None;
+                        self.reconcile(self.clock.now_ms());
+                    }
+                    let due = now >= self.next_housekeeping();
+                    if due {
+                        self.housekeeping();
+                    }
+                    due
+                }
+            };
+            if touched {
+                self.flush(&transport).await;
+            }
+        }
+        self.leaving = true;
+        if let Err(e) = self.foca.leave_cluster(&mut self.effects) {
+            tracing::debug!(error = %e, "leaving the cluster");
+        }
+        self.flush(&transport).await;
+    }
+
+    /// Hands a datagram to foca, or counts and drops it; tells whether foca saw it.
+    fn handle_datagram(&mut self, datagram: &[u8], from: SocketAddr) -> bool {
+        if self.duplicates.check(from, datagram, Instant::now()) {
+            return false;
+        }
+        let decodes = |payload: &[u8]| {
+            let mut codec = PostcardCodec;
+            Codec::<NodeId>::decode_header(&mut codec, payload).is_ok()
+        };
+        let (bad, reached_foca) = match frame::classify(datagram, &self.cluster_hash, decodes) {
+            Ok(payload) => match self.foca.handle_data(payload, &mut self.effects) {
+                Ok(()) => return true,
+                Err(foca::Error::DataTooBig) => (BadPacket::Oversized, true),
+                // foca may have applied part of the packet before failing on the rest.
+                Err(
+                    foca::Error::Decode(_)
+                    | foca::Error::MalformedPacket
+                    | foca::Error::CustomBroadcast(_),
+                ) => (BadPacket::Garbage, true),
+                Err(e) => {
+                    tracing::debug!(%from, error = %e, "gossip packet not handled");
+                    return true;
+                }
+            },
+            Err(bad) => (bad, false),
+        };
+        self.membership.count(bad);
+        if let Some(suppressed) =
+            self.log_limit
+                .allow(bad.name(), &from.ip().to_string(), StdInstant::now())
+        {
+            tracing::warn!(%from, kind = bad.name(), suppressed, "dropped gossip packet");
+        }
+        reached_foca
+    }
+
+    fn add_join(&mut self, addr: SocketAddr) {
+        if addr == self.config.addr {
+            return;
+        }
+        self.joins.retain(|join| join.addr != addr);
+        self.joins.push(Join {
+            addr,
+            attempts: 0,
+            next_at: Instant::now(),
+        });
+    }
+
+    /// When joins, announcements or probe bookkeeping next need attention.
+    fn next_housekeeping(&self) -> Instant {
+        let joins = self.joins.iter().map(|join| join.next_at).min();
+        let pings = self.pings.values().min().map(|sent| *sent + PING_MEMORY);
+        let suspicions = self
+            .suspicions
+            .values()
+            .map(|(_, deadline)| *deadline)
+            .min();
+        [Some(self.info_due), joins, pings, suspicions]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.info_due)
+    }
+
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        self.confirm_stale_suspicions(now);
+        let known: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+        let has_peers = !known.is_empty();
+        let timing = self.config.timing.clone();
+        self.joins.retain(|join| !known.contains(&join.addr));
+        for i in 0..self.joins.len() {
+            let join = &self.joins[i];
+            if join.next_at > now || (join.attempts >= timing.join_attempts && has_peers) {
+                continue;
+            }
+            let addr = join.addr;
+            if let Err(e) = self.foca.announce(NodeId::seed(addr), &mut self.effects) {
+                tracing::debug!(%addr, error = %e, "announce");
+            }
+            let join = &mut self.joins[i];
+            join.attempts += 1;
+            let delay = if join.attempts < timing.join_attempts {
+                let base = timing.join_first_retry * 2u32.pow(join.attempts - 1);
+                base.mul_f64(self.rng.random_range(0.5..1.5))
+            } else {
+                timing.join_slow_retry
+            };
+            join.next_at = now + delay;
+        }
+        self.joins
+            .retain(|join| join.attempts < timing.join_attempts || !has_peers);
+        if now >= self.info_due {
+            self.announce_info(now, false);
+        }
+        self.pings
+            .retain(|_, sent| now.duration_since(*sent) < PING_MEMORY);
+    }
+
+    /// Declares dead the members whose suspicion nobody refuted in time.
+    ///
+    /// foca starts the suspicion timer only on the node whose probe failed and relies on
+    /// gossip to spread that node's verdict; a node that misses the verdict would keep the
+    /// member suspect until its own probe comes round. As in the SWIM paper, every node that
+    /// hears a suspicion also times it, with a margin so that the prober normally decides.
+    fn confirm_stale_suspicions(&mut self, now: Instant) {
+        let stale: Vec<(NodeId, u16)> = self
+            .suspicions
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(node, (incarnation, _))| (node.clone(), *incarnation))
+            .collect();
+        for (node, incarnation) in stale {
+            self.suspicions.remove(&node);
+            let down = foca::Member::new(node, incarnation, State::Down);
+            if let Err(e) = self
+                .foca
+                .apply_many(std::iter::once(down), true, &mut self.effects)
+            {
+                tracing::debug!(error = %e, "declaring a stale suspect dead");
+            }
+        }
+    }
+
+    /// Broadcasts this node's info if it changed or `info_period` passed (or `force`).
+    fn announce_info(&mut self, now: Instant, force: bool) {
+        let (alive, _, _) = self.membership.peers.with(|t| t.counts());
+        let info = NodeInfo {
+            node: self.foca.identity().clone(),
+            version: self.info_version + 1,
+            timestamp_ms: self.clock.now_ms(),
+            hostname: self.config.hostname.clone(),
+            name: self.config.node_name.clone(),
+            addresses: self.config.addresses.clone(),
+            peers: u32::try_from(alive).unwrap_or(u32::MAX),
+            has_remote: true,
+        }
+        .bounded();
+        let unchanged = self
+            .info
+            .as_ref()
+            .is_some_and(|old| old.same_content(&info) && old.node == info.node);
+        if unchanged && !force && now < self.info_due {
+            return;
+        }
+        let bytes = match postcard::to_allocvec(&info) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode node info");
+                return;
+            }
+        };
+        if let Err(e) = self.foca.add_broadcast(&bytes) {
+            tracing::warn!(error = %e, "cannot broadcast node info");
+            return;
+        }
+        self.info_version = info.version;
+        self.info = Some(info);
+        self.info_due = now + self.config.timing.info_period;
+    }
+
+    /// Sends what foca produced, schedules its timers, handles its notifications and updates
+    /// the peer table.
+    async fn flush<T: Transport>(&mut self, transport: &T) {
+        let now = Instant::now();
+        let now_ms = self.clock.now_ms();
+        let mut member_up = false;
+        let effects = std::mem::take(&mut self.effects);
+        for notification in effects.notifications {
+            match notification {
+                OwnedNotification::DataSent(header) => {
+                    if let Message::Ping(probe) = header.message {
+                        self.stats_changed = true;
+                        let stats = self.stats.entry(header.dst.addr).or_default();
+                        stats.probes_sent += 1;
+                        stats.last_probe = Some((now_ms, header.dst.addr));
+                        self.pings.insert((header.dst.addr, probe), now);
+                    }
+                }
+                OwnedNotification::DataReceived(header) => {
+                    let from = header.src.addr;
+                    self.stats_changed |=
+                        matches!(header.message, Message::Ping(_) | Message::Ack(_));
+                    match header.message {
+                        Message::Ping(_) => {
+                            let stats = self.stats.entry(from).or_default();
+                            stats.pings_received += 1;
+                            stats.last_report_direct = Some(now_ms);
+                        }
+                        Message::Ack(probe) => {
+                            let stats = self.stats.entry(from).or_default();
+                            stats.pongs_received += 1;
+                            stats.last_report_direct = Some(now_ms);
+                            if let Some(sent) = self.pings.remove(&(from, probe)) {
+                                stats.last_roundtrip = Some((from, now_ms, now - sent));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                OwnedNotification::MemberUp(_) | OwnedNotification::Rename(..) => {
+                    member_up = true;
+                }
+                OwnedNotification::Rejoin(identity) => {
+                    tracing::info!(
+                        generation = identity.generation,
+                        "declared dead by the cluster; rejoined"
+                    );
+                    member_up = true;
+                }
+                // Leaving the cluster on shutdown makes foca report this node down.
+                OwnedNotification::Defunct if !self.leaving => {
+                    tracing::warn!("declared dead by the cluster and cannot rejoin");
+                }
+                other => tracing::debug!(notification = ?other, "gossip"),
+            }
+        }
+        if member_up {
+            // New members learn names and addresses from the next announcement; make it
+            // soon rather than at the next period.
+            let soon = now + INFO_MIN_INTERVAL;
+            if self.info_due > soon {
+                self.info_due = soon;
+            }
+        }
+        for (after, timer) in effects.timers {
+            self.timers.insert(timer, after);
+        }
+        for send in effects.sends {
+            frame::encode(&self.cluster_hash, &send.payload, &mut self.packet);
+            if self.packet.len() > frame::MAX_SEND {
+                tracing::error!(len = self.packet.len(), "gossip packet over the send cap");
+                continue;
+            }
+            let copies = if send.probe { 2 } else { 1 };
+            for _ in 0..copies {
+                if let Err(e) = transport.send_to(&self.packet, send.to).await
+                    && let Some(suppressed) =
+                        self.log_limit
+                            .allow("send", &send.to.ip().to_string(), StdInstant::now())
+                {
+                    tracing::debug!(to = %send.to, error = %e, suppressed, "gossip send failed");
+                }
+            }
+        }
+        // Members change in bursts (one packet often carries several updates); the table
+        // follows shortly after, well within the 100 ms promised to subscribers.
+        if self.reconcile_due.is_none() {
+            self.reconcile_due = Some(now + RECONCILE_DELAY);
+        }
+    }
+
+    fn reconcile(&mut self, now_ms: u64) {
+        let fingerprint: Vec<(NodeId, State, u16)> = self
+            .foca
+            .iter_membership_state()
+            .map(|m| (m.id().clone(), m.state(), m.incarnation()))
+            .collect();
+        let infos_changed = self.infos.take_changed();
+        if fingerprint == self.fingerprint && !infos_changed {
+            if std::mem::take(&mut self.stats_changed) {
+                let stats = &self.stats;
+                self.membership
+                    .peers
+                    .update(|table, _| table.update_stats(stats));
+            }
+            return;
+        }
+        self.track_suspicions(&fingerprint);
+        self.fingerprint = fingerprint;
+        self.stats_changed = false;
+        let own = self.foca.identity().clone();
+        let mut members = Vec::new();
+        let mut conflict = None;
+        for member in self.foca.iter_membership_state() {
+            let node = member.id();
+            let state = match member.state() {
+                State::Alive => PeerState::Alive,
+                State::Suspect => PeerState::Suspect,
+                State::Down => PeerState::Dead,
+            };
+            if node.machine_id == own.machine_id {
+                if node.addr != own.addr && state != PeerState::Dead {
+                    conflict = Some(node.addr);
+                }
+                continue;
+            }
+            members.push(Member {
+                node: node.clone(),
+                state,
+                incarnation: member.incarnation(),
+            });
+        }
+        self.update_conflict(conflict, now_ms);
+        let addrs: Vec<SocketAddr> = members.iter().map(|m| m.node.addr).collect();
+        self.stats.retain(|addr, _| addrs.contains(addr));
+        self.infos
+            .retain(|addr| addrs.contains(addr) || *addr == own.addr);
+        let infos = &self.infos;
+        let stats = &self.stats;
+        let conflict = self.conflict.clone();
+        self.membership.peers.update(|table, events| {
+            table.reconcile(members, infos, infos_changed, stats, now_ms, events);
+            table.conflict = conflict;
+        });
+        let size = self.foca.num_members() + 1;
+        if size != self.cluster_size {
+            self.cluster_size = size;
+            if let Err(e) = self.foca.set_config(foca_config(&self.config.timing, size)) {
+                tracing::warn!(error = %e, "cannot adjust gossip to the cluster size");
+            }
+        }
+    }
+
+    fn track_suspicions(&mut self, members: &[(NodeId, State, u16)]) {
+        let now = Instant::now();
+        let timeout = foca_config(&self.config.timing, self.cluster_size)
+            .suspect_to_down_after
+            .mul_f64(SUSPICION_MARGIN);
+        let mut current = HashMap::new();
+        for (node, state, incarnation) in members {
+            if *state != State::Suspect {
+                continue;
+            }
+            let deadline = match self.suspicions.get(node) {
+                Some((known, deadline)) if known == incarnation => *deadline,
+                _ => now + timeout,
+            };
+            current.insert(node.clone(), (*incarnation, deadline));
+        }
+        self.suspicions = current;
+    }
+
+    fn update_conflict(&mut self, addr: Option<SocketAddr>, now_ms: u64) {
+        match (addr, &self.conflict) {
+            (None, _) => self.conflict = None,
+            (Some(addr), Some(known)) if known.addr == addr => {}
+            (Some(addr), _) => {
+                let hostname = self.infos.get(&addr).map(|info| info.hostname);
+                tracing::warn!(%addr, hostname = ?hostname, "another host announces this host's machine id");
+                self.conflict = Some(Conflict {
+                    addr,
+                    hostname,
+                    since_ms: now_ms,
+                });
+            }
+        }
+    }
+}
+
+/// foca's settings for a cluster of `size` nodes.
+fn foca_config(timing: &Timing, size: usize) -> Config {
+    let size = size.max(1) as f64;
+    let log_size = size.log10();
+    let transmissions = (4.0 * (size + 1.0).log10().ceil()).clamp(1.0, 255.0) as u8;
+    Config {
+        probe_period: timing.probe_period,
+        probe_rtt: timing.probe_timeout,
+        num_indirect_probes: NonZeroUsize::new(timing.indirect_probes.max(1)).expect("max(1)"),
+        max_transmissions: NonZeroU8::new(transmissions.max(1)).expect("max(1)"),
+        suspect_to_down_after: timing.suspicion.mul_f64(log_size.max(1.0)),
+        remove_down_after: Some(timing.forget_dead_after),
+        max_packet_size: NonZeroUsize::new(frame::MAX_SEND - frame::HEADER_LEN).expect("positive"),
+        notify_down_members: true,
+        periodic_announce: Some(PeriodicParams {
+            frequency: timing.announce_period,
+            num_members: NonZeroUsize::MIN,
+        }),
+        periodic_announce_to_down_members: Some(PeriodicParams {
+            frequency: timing.announce_dead_period,
+            num_members: NonZeroUsize::MIN,
+        }),
+        periodic_gossip: Some(PeriodicParams {
+            frequency: timing.gossip_period,
+            num_members: NonZeroUsize::new(timing.gossip_fanout.max(1)).expect("max(1)"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_scales_with_the_cluster() {
+        let timing = Timing::default();
+        let small = foca_config(&timing, 5);
+        assert_eq!(small.suspect_to_down_after, Duration::from_secs(4));
+        assert_eq!(small.max_transmissions.get(), 4);
+        let large = foca_config(&timing, 1000);
+        assert_eq!(large.suspect_to_down_after, Duration::from_secs(12));
+        assert_eq!(large.max_transmissions.get(), 16);
+        assert_eq!(
+            large.max_packet_size.get() + frame::HEADER_LEN,
+            frame::MAX_SEND
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! What nodes tell each other about themselves, carried as foca custom broadcasts.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use foca::{BroadcastHandler, Invalidates};
+use serde::{Deserialize, Serialize};
+
+use super::identity::NodeId;
+
+/// Longest host or node name announced.
+pub const MAX_NAME: usize = 255;
+/// Most addresses announced.
+pub const MAX_ADDRESSES: usize = 16;
+
+/// A node's self-description: names, addresses and its report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// `node` and `version` come first: receivers decode just them to skip known infos.
+    pub node: NodeId,
+    /// Grows with each announcement of one run; newer replaces older.
+    pub version: u64,
+    pub timestamp_ms: u64,
+    pub hostname: String,
+    pub name: String,
+    pub addresses: Vec<SocketAddr>,
+    /// Peers the node knows.
+    pub peers: u32,
+    pub has_remote: bool,
+}
+
+impl NodeInfo {
+    /// Cuts names and address lists to the announced limits.
+    pub fn bounded(mut self) -> Self {
+        truncate(&mut self.hostname);
+        truncate(&mut self.name);
+        self.addresses.truncate(MAX_ADDRESSES);
+        self
+    }
+
+    /// Whether both describe the same thing (ignoring version and time).
+    pub fn same_content(&self, other: &Self) -> bool {
+        self.hostname == other.hostname
+            && self.name == other.name
+            && self.addresses == other.addresses
+            && self.peers == other.peers
+            && self.has_remote == other.has_remote
+    }
+
+    fn key(&self) -> InfoKey {
+        InfoKey {
+            addr: self.node.addr,
+            order: (self.node.boot_ms, self.node.nonce, self.version),
+        }
+    }
+}
+
+fn truncate(text: &mut String) {
+    if text.len() > MAX_NAME {
+        let mut end = MAX_NAME;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
+/// Identifies an announcement; a newer one from the same address replaces it in flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InfoKey {
+    addr: SocketAddr,
+    order: (u64, u64, u64),
+}
+
+impl Invalidates for InfoKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.addr == other.addr && self.order > other.order
+    }
+}
+
+/// A broadcast that does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("bad node info broadcast: {0}")]
+pub struct BadInfo(#[from] postcard::Error);
+
+/// The latest info per address, shared between foca's handler and the gossip loop.
+#[derive(Debug, Clone, Default)]
+pub struct InfoStore {
+    inner: Arc<Mutex<InfoMap>>,
+}
+
+#[derive(Debug, Default)]
+struct InfoMap {
+    infos: HashMap<SocketAddr, NodeInfo>,
+    changed: bool,
+    capacity: usize,
+}
+
+impl InfoStore {
+    /// A store that keeps at most `capacity` addresses.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(InfoMap {
+                capacity,
+                ..InfoMap::default()
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, InfoMap> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn get(&self, addr: &SocketAddr) -> Option<NodeInfo> {
+        self.lock().infos.get(addr).cloned()
+    }
+
+    /// Whether anything arrived since the last call.
+    pub fn take_changed(&self) -> bool {
+        std::mem::take(&mut self.lock().changed)
+    }
+
+    /// Forgets addresses no member has any more.
+    pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
+        self.lock().infos.retain(|addr, _| keep(addr));
+    }
+}
+
+/// foca's handler: keeps an announcement when it is newer than what the store has.
+#[derive(Debug, Clone)]
+pub struct InfoHandler {
+    pub store: InfoStore,
+}
+
+impl BroadcastHandler<NodeId> for InfoHandler {
+    type Key = InfoKey;
+    type Error = BadInfo;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        _sender: Option<&NodeId>,
+    ) -> Result<Option<InfoKey>, BadInfo> {
+        // Most announcements arrive many times: the identity and version at the front
+        // decide whether the rest is worth decoding.
+        let ((node, version), _): ((NodeId, u64), _) = postcard::take_from_bytes(data)?;
+        {
+            let map = self.store.lock();
+            if let Some(known) = map.infos.get(&node.addr)
+                && known.key().order >= (node.boot_ms, node.nonce, version)
+            {
+                return Ok(None);
+            }
+        }
+        let info: NodeInfo = postcard::from_bytes(data)?;
+        let key = info.key();
+        let mut map = self.store.lock();
+        if let Some(known) = map.infos.get(&info.node.addr)
+            && known.key().order >= key.order
+        {
+            return Ok(None);
+        }
+        if !map.infos.contains_key(&info.node.addr) && map.infos.len() >= map.capacity {
+            // A flood of fake announcements must not grow memory; real nodes re-announce.
+            return Ok(None);
+        }
+        map.infos.insert(info.node.addr, info.bounded());
+        map.changed = true;
+        Ok(Some(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(version: u64) -> NodeInfo {
+        NodeInfo {
+            node: NodeId::seed("10.0.0.1:22682".parse().unwrap()),
+            version,
+            timestamp_ms: 1,
+            hostname: "h".repeat(300),
+            name: "n".to_owned(),
+            addresses: vec!["10.0.0.1:22682".parse().unwrap(); 20],
+            peers: 2,
+            has_remote: true,
+        }
+    }
+
+    #[test]
+    fn newer_versions_replace_older() {
+        let store = InfoStore::new(10);
+        let mut handler = InfoHandler {
+            store: store.clone(),
+        };
+        let encode = |i: &NodeInfo| postcard::to_allocvec(i).unwrap();
+        let first = handler
+            .receive_item(&encode(&info(1)), None)
+            .unwrap()
+            .unwrap();
+        assert!(store.take_changed());
+        assert!(!store.take_changed());
+        assert_eq!(handler.receive_item(&encode(&info(1)), None).unwrap(), None);
+        assert_eq!(handler.receive_item(&encode(&info(0)), None).unwrap(), None);
+        let second = handler
+            .receive_item(&encode(&info(2)), None)
+            .unwrap()
+            .unwrap();
+        assert!(second.invalidates(&first));
+        assert!(!first.invalidates(&second));
+        let stored = store.get(&"10.0.0.1:22682".parse().unwrap()).unwrap();
+        assert_eq!(stored.version, 2);
+        assert_eq!(stored.hostname.len(), MAX_NAME);
+        assert_eq!(stored.addresses.len(), MAX_ADDRESSES);
+        assert!(handler.receive_item(b"\xff\xff", None).is_err());
+    }
+
+    #[test]
+    fn capacity_bounds_the_store() {
+        let store = InfoStore::new(1);
+        let mut handler = InfoHandler {
+            store: store.clone(),
+        };
+        let mut other = info(1);
+        other.node.addr = "10.0.0.2:22682".parse().unwrap();
+        assert!(
+            handler
+                .receive_item(&postcard::to_allocvec(&info(1)).unwrap(), None)
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            handler
+                .receive_item(&postcard::to_allocvec(&other).unwrap(), None)
+                .unwrap()
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,331 @@
+//! The per-process sweep: one `readdir(/proc)` per scan; `stat`, `status`, `io` and `cgroup`
+//! kept open per (pid, start time) and re-read with `pread`; `cmdline` and `environ` read once
+//! when a process is first seen. A process that exits mid-scan is dropped without a word.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use procfs::FromRead;
+use procfs::process::{Io, Stat, Status};
+use serde::Serialize;
+
+use crate::app_metrics::AppSource;
+use crate::groups::{Container, Group, cgroup_path, group_of};
+
+/// `environ` past this is not searched for `CANTAL_PATH`.
+const MAX_ENVIRON: u64 = 1 << 20;
+/// Command lines are shown up to this length.
+const MAX_CMDLINE: u64 = 4096;
+
+/// One process in `/all_processes.json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
+    pub state: String,
+    pub vsize: u64,
+    /// Bytes.
+    pub rss: u64,
+    /// Bytes.
+    pub swap: u64,
+    pub num_threads: i64,
+    /// Ms after boot.
+    pub start_time: u64,
+    /// Ms since the epoch.
+    pub start_timestamp: Option<u64>,
+    /// Clock ticks, as in `/proc/PID/stat`.
+    pub user_time: u64,
+    pub system_time: u64,
+    pub child_user_time: u64,
+    pub child_system_time: u64,
+    pub cmdline: String,
+    /// Absent when `io` is not readable.
+    pub read_bytes: Option<u64>,
+    pub write_bytes: Option<u64>,
+    pub cgroup: Option<String>,
+    pub container: Option<String>,
+}
+
+/// One process of a sweep, with what grouping and app metrics need.
+#[derive(Debug, Clone)]
+pub struct Process {
+    pub info: ProcessInfo,
+    pub group: Option<Group>,
+    pub app: Option<AppSource>,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    start_time: u64,
+    stat: File,
+    status: File,
+    io: Option<File>,
+    cgroup: File,
+    cmdline: String,
+    app: Option<AppSource>,
+    lithos_container: Option<Container>,
+}
+
+/// Processes tracked across sweeps.
+#[derive(Debug)]
+pub struct ProcessTable {
+    proc_root: PathBuf,
+    lithos_root: String,
+    page_size: u64,
+    ticks_per_second: u64,
+    tracked: HashMap<i32, Tracked>,
+    buffer: Vec<u8>,
+}
+
+impl ProcessTable {
+    pub fn new(proc_root: impl Into<PathBuf>, lithos_root: impl Into<String>) -> Self {
+        Self {
+            proc_root: proc_root.into(),
+            lithos_root: lithos_root.into(),
+            page_size: procfs::page_size(),
+            ticks_per_second: procfs::ticks_per_second().max(1),
+            tracked: HashMap::new(),
+            buffer: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Number of processes whose files are held open.
+    pub fn tracked(&self) -> usize {
+        self.tracked.len()
+    }
+
+    /// Reads every process; `boot_time_ms` turns start times into timestamps.
+    pub fn sweep(&mut self, boot_time_ms: Option<u64>) -> Vec<Process> {
+        let Ok(dir) = std::fs::read_dir(&self.proc_root) else {
+            tracing::warn!(path = %self.proc_root.display(), "cannot list processes");
+            return Vec::new();
+        };
+        let pids: Vec<i32> = dir
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        let mut seen = HashSet::with_capacity(pids.len());
+        let mut processes = Vec::with_capacity(pids.len());
+        for pid in pids {
+            seen.insert(pid);
+            if let Some(process) = self.read(pid, boot_time_ms) {
+                processes.push(process);
+            }
+        }
+        self.tracked.retain(|pid, _| seen.contains(pid));
+        processes
+    }
+
+    fn read(&mut self, pid: i32, boot_time_ms: Option<u64>) -> Option<Process> {
+        // A kept descriptor reads ESRCH once its process is gone, even if the pid is reused:
+        // then the pid is opened afresh.
+        let stat = match self.tracked.get(&pid) {
+            Some(tracked) => match read_at(&tracked.stat, &mut self.buffer)
+                .ok()
+                .and_then(|()| Stat::from_read(&self.buffer[..]).ok())
+            {
+                Some(stat) if stat.starttime == tracked.start_time => stat,
+                _ => {
+                    self.tracked.remove(&pid);
+                    self.open(pid)?
+                }
+            },
+            None => self.open(pid)?,
+        };
+        let tracked = self.tracked.get(&pid)?;
+        read_at(&tracked.status, &mut self.buffer).ok()?;
+        let status = Status::from_read(&self.buffer[..]).ok()?;
+        let io = tracked
+            .io
+            .as_ref()
+            .and_then(|file| read_at(file, &mut self.buffer).ok())
+            .and_then(|()| Io::from_read(&self.buffer[..]).ok());
+        read_at(&tracked.cgroup, &mut self.buffer).ok()?;
+        let cgroup_text = String::from_utf8_lossy(&self.buffer);
+        let cgroup = cgroup_path(&cgroup_text);
+        let mut group = cgroup.and_then(|path| group_of(path, &self.lithos_root));
+        if let Some(group) = group.as_mut()
+            && group.container.is_none()
+        {
+            group.container.clone_from(&tracked.lithos_container);
+        }
+        let start_time = stat.starttime * 1000 / self.ticks_per_second;
+        let info = ProcessInfo {
+            pid,
+            ppid: stat.ppid,
+            uid: status.ruid,
+            gid: status.rgid,
+            name: stat.comm.clone(),
+            state: stat.state.to_string(),
+            vsize: stat.vsize,
+            rss: stat.rss * self.page_size,
+            swap: status.vmswap.unwrap_or(0) * 1024,
+            num_threads: stat.num_threads,
+            start_time,
+            start_timestamp: boot_time_ms.map(|boot| boot + start_time),
+            user_time: stat.utime,
+            system_time: stat.stime,
+            child_user_time: u64::try_from(stat.cutime).unwrap_or(0),
+            child_system_time: u64::try_from(stat.cstime).unwrap_or(0),
+            cmdline: tracked.cmdline.clone(),
+            read_bytes: io.as_ref().map(|io| io.read_bytes),
+            write_bytes: io.as_ref().map(|io| io.write_bytes),
+            cgroup: group.as_ref().map(|g| g.name.clone()),
+            container: group
+                .as_ref()
+                .and_then(|g| g.container.as_ref())
+                .or(tracked.lithos_container.as_ref())
+                .map(ToString::to_string),
+        };
+        Some(Process {
+            info,
+            group,
+            app: tracked.app.clone(),
+        })
+    }
+
+    /// Opens a process's files; reads `cmdline` and `environ` once.
+    fn open(&mut self, pid: i32) -> Option<Stat> {
+        let dir = self.proc_root.join(pid.to_string());
+        let stat_file = File::open(dir.join("stat")).ok()?;
+        read_at(&stat_file, &mut self.buffer).ok()?;
+        let stat = Stat::from_read(&self.buffer[..]).ok()?;
+        let status = File::open(dir.join("status")).ok()?;
+        let cgroup = File::open(dir.join("cgroup")).ok()?;
+        // io and environ need ptrace rights; without them the process is still listed.
+        let io = File::open(dir.join("io")).ok();
+        let cmdline = read_capped(&dir.join("cmdline"), MAX_CMDLINE)
+            .map(|bytes| {
+                let text = String::from_utf8_lossy(&bytes);
+                text.trim_end_matches('\0').replace('\0', " ")
+            })
+            .unwrap_or_default();
+        let environ = read_capped(&dir.join("environ"), MAX_ENVIRON).unwrap_or_default();
+        let env = Environment::parse(&environ);
+        self.tracked.insert(
+            pid,
+            Tracked {
+                start_time: stat.starttime,
+                stat: stat_file,
+                status,
+                io,
+                cgroup,
+                cmdline,
+                app: env.app,
+                lithos_container: env.lithos_container,
+            },
+        );
+        Some(stat)
+    }
+}
+
+/// What the agent takes from a process's environment.
+#[derive(Debug, Default, PartialEq)]
+pub struct Environment {
+    pub app: Option<AppSource>,
+    pub lithos_container: Option<Container>,
+}
+
+impl Environment {
+    /// Parses NUL-separated `NAME=value` pairs.
+    pub fn parse(environ: &[u8]) -> Self {
+        use std::os::unix::ffi::OsStrExt;
+        let mut path = None;
+        let mut appname = None;
+        let mut lithos_container = None;
+        for entry in environ.split(|&b| b == 0) {
+            if let Some(value) = entry.strip_prefix(b"CANTAL_PATH=") {
+                if !value.is_empty() {
+                    path = Some(PathBuf::from(std::ffi::OsStr::from_bytes(value)));
+                }
+            } else if let Some(value) = entry.strip_prefix(b"CANTAL_APPNAME=") {
+                appname = Some(String::from_utf8_lossy(value).into_owned());
+            } else if let Some(value) = entry.strip_prefix(b"LITHOS_NAME=") {
+                lithos_container = Container::from_lithos_name(&String::from_utf8_lossy(value));
+            }
+        }
+        Self {
+            app: path.map(|path| AppSource { path, appname }),
+            lithos_container,
+        }
+    }
+}
+
+/// Reads a whole proc file from offset 0 into `buffer` with `pread`.
+fn read_at(file: &File, buffer: &mut Vec<u8>) -> io::Result<()> {
+    buffer.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = file.read_at(&mut chunk, buffer.len() as u64)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    File::open(path)?.take(cap).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_variables() {
+        let env = Environment::parse(
+            b"HOME=/root\0CANTAL_PATH=/run/app\0CANTAL_APPNAME=web\0LITHOS_NAME=demo/w.2\0",
+        );
+        assert_eq!(
+            env.app,
+            Some(AppSource {
+                path: PathBuf::from("/run/app"),
+                appname: Some("web".to_owned())
+            })
+        );
+        assert_eq!(env.lithos_container.unwrap().to_string(), "demo/w.2");
+        assert_eq!(
+            Environment::parse(b"CANTAL_PATH=\0"),
+            Environment::default()
+        );
+        assert_eq!(Environment::parse(b""), Environment::default());
+    }
+
+    #[test]
+    fn sweeps_this_process_and_notices_exit() {
+        let mut table = ProcessTable::new("/proc", "lithos.slice");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("CANTAL_PATH", "/nonexistent/app")
+            .spawn()
+            .unwrap();
+        let child_pid = i32::try_from(child.id()).unwrap();
+        let processes = table.sweep(Some(1));
+        let me = i32::try_from(std::process::id()).unwrap();
+        let mine = processes.iter().find(|p| p.info.pid == me).unwrap();
+        assert!(mine.info.rss > 0);
+        assert!(mine.info.num_threads >= 1);
+        let sleeper = processes.iter().find(|p| p.info.pid == child_pid).unwrap();
+        assert_eq!(sleeper.info.name, "sleep");
+        assert_eq!(sleeper.info.cmdline, "sleep 30");
+        assert_eq!(
+            sleeper.app.as_ref().map(|a| a.path.clone()),
+            Some(PathBuf::from("/nonexistent/app"))
+        );
+        assert!(table.sweep(Some(1)).iter().any(|p| p.info.pid == child_pid));
+        assert!(table.tracked.contains_key(&child_pid));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!table.sweep(Some(1)).iter().any(|p| p.info.pid == child_pid));
+        assert!(!table.tracked.contains_key(&child_pid));
+    }
+}

@@ -1,0 +1,257 @@
+//! One scan: system metrics, the process sweep, group aggregates and app metric files.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use libcantal::format::Value as AppValue;
+
+use crate::app_metrics::{AppFileError, AppReader};
+use crate::groups::Group;
+use crate::metric::{Key, Sample, SeriesKey, Source, Value, key};
+use crate::processes::{Process, ProcessInfo, ProcessTable};
+use crate::sockets::SocketSummary;
+use crate::system;
+
+/// An app state is reported for this long after it was entered.
+const STATE_TTL_MS: u64 = 60_000;
+
+/// Where the scanner looks.
+#[derive(Debug, Clone)]
+pub struct ScannerConfig {
+    /// `/proc` outside tests.
+    pub proc_root: PathBuf,
+    /// First cgroup component of lithos containers.
+    pub lithos_root: String,
+}
+
+/// The result of one scan.
+#[derive(Debug, Clone, Default)]
+pub struct Scan {
+    /// Wall-clock time of the scan, ms since the epoch.
+    pub timestamp_ms: u64,
+    /// How long the scan took.
+    pub duration: Duration,
+    pub boot_time_ms: Option<u64>,
+    pub samples: Vec<Sample>,
+    pub processes: Vec<ProcessInfo>,
+    pub sockets: SocketSummary,
+    /// App file pairs read this scan.
+    pub app_files: usize,
+}
+
+/// Keeps what must survive between scans: open process files and cached app meta.
+#[derive(Debug)]
+pub struct Scanner {
+    config: ScannerConfig,
+    processes: ProcessTable,
+    apps: AppReader,
+}
+
+/// Sums over the processes of one group.
+#[derive(Debug, Default)]
+struct GroupTotals {
+    vsize: u64,
+    rss: u64,
+    swap: u64,
+    num_processes: u64,
+    num_threads: i64,
+    user_cpu: u64,
+    system_cpu: u64,
+    read_bytes: u64,
+    write_bytes: u64,
+}
+
+impl Scanner {
+    pub fn new(config: ScannerConfig) -> Self {
+        Self {
+            processes: ProcessTable::new(&config.proc_root, config.lithos_root.clone()),
+            apps: AppReader::new(),
+            config,
+        }
+    }
+
+    pub fn scan(&mut self, timestamp_ms: u64) -> Scan {
+        let started = Instant::now();
+        let mut samples = Vec::new();
+        let info = system::collect(&self.config.proc_root, &mut samples);
+        let sockets = SocketSummary::read(&self.config.proc_root);
+        sockets.samples(&mut samples);
+        let processes = self.processes.sweep(info.boot_time_ms);
+        let mut groups: BTreeMap<Group, GroupTotals> = BTreeMap::new();
+        for process in &processes {
+            process_samples(&process.info, &mut samples);
+            if let Some(group) = &process.group {
+                groups.entry(group.clone()).or_default().add(&process.info);
+            }
+        }
+        for (group, totals) in &groups {
+            totals.samples(group, &mut samples);
+        }
+        let app_files = self.app_samples(&processes, timestamp_ms, &mut samples);
+        Scan {
+            timestamp_ms,
+            duration: started.elapsed(),
+            boot_time_ms: info.boot_time_ms,
+            samples,
+            processes: processes.into_iter().map(|p| p.info).collect(),
+            sockets,
+            app_files,
+        }
+    }
+
+    fn app_samples(&mut self, processes: &[Process], now_ms: u64, out: &mut Vec<Sample>) -> usize {
+        self.apps.begin_scan();
+        let mut files = 0;
+        for process in processes {
+            let Some(source) = &process.app else {
+                continue;
+            };
+            let root = self
+                .config
+                .proc_root
+                .join(process.info.pid.to_string())
+                .join("root");
+            let values = match self.apps.read(&root, source) {
+                Ok(values) => values,
+                // Bad meta and refused links are logged by the reader; a missing or short file
+                // is an app starting, stopping or rewriting, and shows as a gap.
+                Err(e @ (AppFileError::Open { .. } | AppFileError::Short { .. })) => {
+                    tracing::debug!(pid = process.info.pid, error = %e, "no app metrics this scan");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            files += 1;
+            for (name, value) in values.iter() {
+                let value = match value {
+                    AppValue::Counter(v) => Value::Counter(*v),
+                    AppValue::Signed(v) => Value::Integer(*v),
+                    AppValue::Float(v) => Value::Float(*v),
+                    AppValue::Unsigned(v) => Value::Integer(i64::try_from(*v).unwrap_or(i64::MAX)),
+                    AppValue::State { entered_ms, text } => {
+                        if now_ms.saturating_sub(*entered_ms) > STATE_TTL_MS {
+                            continue;
+                        }
+                        Value::State(*entered_ms, text.clone())
+                    }
+                };
+                let mut fields: Key = name.clone();
+                fields.insert("pid".to_owned(), process.info.pid.to_string());
+                match (&source.appname, &process.info.cgroup) {
+                    (Some(appname), _) => {
+                        fields.insert("appname".to_owned(), appname.clone());
+                    }
+                    (None, Some(cgroup)) => {
+                        fields.insert("cgroup".to_owned(), cgroup.clone());
+                    }
+                    (None, None) => {}
+                }
+                if let Some(container) = &process.info.container {
+                    fields.insert("container".to_owned(), container.clone());
+                }
+                out.push((SeriesKey::new(Source::App, fields), value));
+            }
+        }
+        self.apps.end_scan();
+        files
+    }
+}
+
+fn process_samples(info: &ProcessInfo, out: &mut Vec<Sample>) {
+    let fields = || {
+        let mut fields = vec![("pid", info.pid.to_string())];
+        if let Some(cgroup) = &info.cgroup {
+            fields.push(("cgroup", cgroup.clone()));
+        }
+        fields
+    };
+    let mut push = |metric: &str, value: Value| {
+        out.push((
+            SeriesKey::new(Source::Process, key(metric, fields())),
+            value,
+        ));
+    };
+    push("vsize", level(info.vsize));
+    push("rss", level(info.rss));
+    push("swap", level(info.swap));
+    push("num_threads", Value::Integer(info.num_threads));
+    push("user_time", Value::Counter(info.user_time));
+    push("system_time", Value::Counter(info.system_time));
+    if let (Some(read), Some(write)) = (info.read_bytes, info.write_bytes) {
+        push("read_bytes", Value::Counter(read));
+        push("write_bytes", Value::Counter(write));
+    }
+}
+
+fn level(value: u64) -> Value {
+    Value::Integer(i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+impl GroupTotals {
+    fn add(&mut self, info: &ProcessInfo) {
+        self.vsize += info.vsize;
+        self.rss += info.rss;
+        self.swap += info.swap;
+        self.num_processes += 1;
+        self.num_threads += info.num_threads;
+        self.user_cpu += info.user_time;
+        self.system_cpu += info.system_time;
+        self.read_bytes += info.read_bytes.unwrap_or(0);
+        self.write_bytes += info.write_bytes.unwrap_or(0);
+    }
+
+    fn samples(&self, group: &Group, out: &mut Vec<Sample>) {
+        let fields = || {
+            let mut fields = vec![("group", group.name.clone())];
+            if let Some(container) = &group.container {
+                fields.extend([
+                    ("container", container.to_string()),
+                    ("sandbox", container.sandbox.clone()),
+                    ("process", container.process.clone()),
+                    ("instance", container.instance.clone()),
+                ]);
+            }
+            fields
+        };
+        let values = [
+            ("vsize", level(self.vsize)),
+            ("rss", level(self.rss)),
+            ("swap", level(self.swap)),
+            ("num_processes", level(self.num_processes)),
+            ("num_threads", Value::Integer(self.num_threads)),
+            ("user_cpu", Value::Counter(self.user_cpu)),
+            ("system_cpu", Value::Counter(self.system_cpu)),
+            ("read_bytes", Value::Counter(self.read_bytes)),
+            ("write_bytes", Value::Counter(self.write_bytes)),
+        ];
+        for (metric, value) in values {
+            out.push((SeriesKey::new(Source::Group, key(metric, fields())), value));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scans_this_host() {
+        let mut scanner = Scanner::new(ScannerConfig {
+            proc_root: PathBuf::from("/proc"),
+            lithos_root: "lithos.slice".to_owned(),
+        });
+        let scan = scanner.scan(1_700_000_000_000);
+        let me = std::process::id().to_string();
+        assert!(scan.samples.iter().any(|(k, _)| k.source == Source::Process
+            && k.metric() == "rss"
+            && k.fields.get("pid") == Some(&me)));
+        assert!(
+            scan.samples
+                .iter()
+                .any(|(k, _)| k.source == Source::System && k.metric() == "cpu.user")
+        );
+        assert!(scan.processes.len() > 1);
+        assert!(scan.boot_time_ms.is_some());
+    }
+}
