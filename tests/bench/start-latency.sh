@@ -10,7 +10,8 @@
 # Usage (as root): bash tests/bench/start-latency.sh
 # Output: tests/bench/out/start-latency-{nonet,net}.json (hyperfine) and
 #         tests/bench/out/start-latency.md (machine details, commands, tables), also printed.
-# Environment: WARMUP (default 20), RUNS (default 300).
+# Environment: WARMUP (default 20), RUNS (default 300); QUIET_IDLE (default 95) and QUIET_WAIT
+# (default 600): before each variant, wait up to QUIET_WAIT seconds for QUIET_IDLE % idle CPU.
 #
 # Not part of CI: it needs root, installs packages and takes a few minutes.
 set -euo pipefail
@@ -111,6 +112,7 @@ isolate="$repo/target/release/examples/isolate"
 report="$out/start-latency.md"
 errors="$out/start-latency-errors.txt"
 : > "$errors"
+: > "$out/start-latency-load.txt"
 
 # name|command, per variant. Container ids are fixed: `crun run` and `runc run` delete the
 # container (state, and runc's cgroups) when it exits, so the id is free for the next run.
@@ -128,6 +130,34 @@ net=(
     "crun +network|crun --cgroup-manager=disabled run -b $out/bundle-crun-net bench-crun-net"
     "runc +network|runc run -b $out/bundle-runc-net bench-runc-net"
 )
+
+# Percentage of CPU time idle over the next SECONDS, from /proc/stat.
+idle_percent() { # SECONDS
+    local cpu user nice system idle iowait irq softirq steal t1 i1 t2 i2
+    read -r cpu user nice system idle iowait irq softirq steal _ < /proc/stat
+    t1=$((user + nice + system + idle + iowait + irq + softirq + steal)) i1=$((idle + iowait))
+    sleep "$1"
+    read -r cpu user nice system idle iowait irq softirq steal _ < /proc/stat
+    t2=$((user + nice + system + idle + iowait + irq + softirq + steal)) i2=$((idle + iowait))
+    echo $((100 * (i2 - i1) / (t2 - t1)))
+}
+
+# Other work on the machine shows up directly in these numbers: wait (up to QUIET_WAIT
+# seconds, default 600) for QUIET_IDLE percent (default 95) idle CPU over 5 s, and keep on
+# record what was found.
+wait_quiet() { # VARIANT
+    local deadline idle
+    deadline=$((SECONDS + ${QUIET_WAIT:-600}))
+    while :; do
+        idle=$(idle_percent 5)
+        if [ "$idle" -ge "${QUIET_IDLE:-95}" ] || [ "$SECONDS" -ge "$deadline" ]; then
+            break
+        fi
+        echo ">> machine busy (${idle}% idle), waiting" >&2
+    done
+    printf '%s\t%s%% idle over 5 s, load average %s\n' "$1" "$idle" \
+        "$(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/start-latency-load.txt"
+}
 
 # Runs one hyperfine invocation for a variant. A command that fails once up front (hyperfine
 # would abort the whole invocation) is left out and its error recorded instead of a number.
@@ -150,6 +180,7 @@ bench() { # VARIANT ENTRIES...
         args+=(--command-name "$name" "$cmd")
     done
     echo ">> hyperfine: $variant" >&2
+    wait_quiet "$variant"
     hyperfine -N --warmup "$warmup" --runs "$runs" \
         --export-json "$out/start-latency-$variant.json" "${args[@]}" >&2
 }
@@ -191,14 +222,15 @@ bench net "${net[@]}"
     echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "- kernel: $(uname -r)"
     echo "- CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(nproc) cores"
-    echo "- commit: $(cd "$repo" && git rev-parse --short HEAD)$(cd "$repo" && git diff --quiet HEAD -- crates || echo ' (crates/ modified)')"
+    echo "- commit: $(cd "$repo" && git rev-parse --short HEAD)$(cd "$repo" && [ -z "$(git status --porcelain -- crates/isolation)" ] || echo ' (crates/isolation modified)')"
     echo "- rustc: $(rustc --version)"
     echo "- hyperfine: \`hyperfine -N --warmup $warmup --runs $runs --export-json FILE\`, one invocation per variant"
+    echo "- machine before each variant: $(awk -F'\t' '{printf "%s%s: %s", (NR > 1 ? "; " : ""), $1, $2}' "$out/start-latency-load.txt")"
     echo "- cgroups: $(if [ -d /sys/fs/cgroup/memory ]; then echo 'v1'; else echo 'v2'; fi); run in a private mount namespace with /sys/fs/cgroup/unified unmounted"
     echo "- packages:"
     echo
     echo '```'
-    dpkg-query -W hyperfine bubblewrap crun runc busybox-static util-linux
+    dpkg-query -W hyperfine bubblewrap crun runc busybox-static util-linux coreutils
     echo '```'
     echo
     echo "### Without network namespace (pid, mount, uts, ipc)"
