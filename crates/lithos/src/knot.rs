@@ -40,10 +40,7 @@ pub enum SetupError {
         source: std::io::Error,
     },
     #[error("take socket fd {fd}: {source}")]
-    Socket {
-        fd: i32,
-        source: isolation::PidfdError,
-    },
+    Socket { fd: i32, source: isolation::FdError },
     #[error("cgroup: {0}")]
     Cgroup(#[from] isolation::CgroupError),
     #[error("start container: {0}")]
@@ -360,17 +357,12 @@ pub fn join_knots_cgroup(c: &InstanceConfig) -> Result<(), SetupError> {
     Ok(())
 }
 
-/// Takes the knot's inherited socket descriptors (`knot_fd`) as owned copies.
+/// Takes ownership of the knot's inherited socket descriptors (at `knot_fd`).
 pub fn inherited_sockets(c: &InstanceConfig) -> Result<Vec<(SocketPlan, OwnedFd)>, SetupError> {
-    if c.sockets.is_empty() {
-        return Ok(Vec::new());
-    }
-    let me = isolation::pidfd::open(std::process::id() as i32)
-        .map_err(|source| SetupError::Socket { fd: -1, source })?;
     c.sockets
         .iter()
         .map(|s| {
-            isolation::pidfd::get_fd(me.as_fd(), s.knot_fd)
+            isolation::fd::claim_inherited(s.knot_fd)
                 .map(|fd| (s.clone(), fd))
                 .map_err(|source| SetupError::Socket {
                     fd: s.knot_fd,

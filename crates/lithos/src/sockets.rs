@@ -1,9 +1,13 @@
 //! Listening sockets the tree owns: bound once per `host:port`, shared by every entry that
 //! names it, passed to knots, kept across re-exec and taken back from knots after a crash.
+//!
+//! Every socket in the table stays open across `execve` (no close-on-exec) at all times: a
+//! re-exec from a fatal-signal handler cannot prepare anything, so the new image must find
+//! the sockets as they are. Knots get only their own (the spawn closes the others).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use socket2::{Domain, Socket, Type};
@@ -17,27 +21,17 @@ pub enum SocketError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("set close-on-exec of the socket for {addr}: {source}")]
-    CloseOnExec {
+    #[error("keep the socket for {addr} open across exec: {source}")]
+    KeepAcrossExec {
         addr: SocketAddr,
         source: nix::Error,
     },
 }
 
-/// One listening socket.
-#[derive(Debug)]
-struct Entry {
-    fd: OwnedFd,
-    /// The number it arrived at across an exec: that descriptor stays open (std cannot
-    /// take ownership of a bare number safely), so it is what the next exec passes on,
-    /// and knots are spawned with it closed.
-    inherited: Option<RawFd>,
-}
-
 /// The tree's socket table.
 #[derive(Debug, Default)]
 pub struct Sockets {
-    map: HashMap<SocketAddr, Entry>,
+    map: HashMap<SocketAddr, OwnedFd>,
 }
 
 /// Binds a listening socket as `plan` describes; `fsuid` owns it (shows in `ss -e`).
@@ -74,76 +68,52 @@ pub fn listening_addr(fd: BorrowedFd<'_>) -> Option<SocketAddr> {
     sock.local_addr().ok()?.as_socket()
 }
 
+fn keep_across_exec(addr: SocketAddr, fd: &OwnedFd) -> Result<(), SocketError> {
+    fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::empty()))
+        .map(drop)
+        .map_err(|source| SocketError::KeepAcrossExec { addr, source })
+}
+
 impl Sockets {
     pub fn get(&self, addr: &SocketAddr) -> Option<BorrowedFd<'_>> {
-        self.map.get(addr).map(|e| e.fd.as_fd())
+        self.map.get(addr).map(|fd| fd.as_fd())
     }
 
     pub fn contains(&self, addr: &SocketAddr) -> bool {
         self.map.contains_key(addr)
     }
 
-    /// Adds a socket taken from elsewhere (a knot, or inherited across exec).
-    pub fn insert(&mut self, addr: SocketAddr, fd: OwnedFd, inherited: Option<RawFd>) {
-        self.map.entry(addr).or_insert(Entry { fd, inherited });
-    }
-
-    /// The socket for `plan`, bound now if there is none yet.
-    pub fn ensure(&mut self, plan: &SocketPlan, owner: u32) -> Result<BorrowedFd<'_>, SocketError> {
-        let entry = match self.map.entry(plan.addr) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(Entry {
-                fd: bind(plan, owner)?,
-                inherited: None,
-            }),
-        };
-        Ok(entry.fd.as_fd())
-    }
-
-    /// Closes every socket whose address is not in `keep`.
-    pub fn retain(&mut self, keep: &[SocketAddr]) {
-        let gone: Vec<SocketAddr> = self
-            .map
-            .keys()
-            .filter(|a| !keep.contains(a))
-            .copied()
-            .collect();
-        for addr in gone {
-            if let Some(entry) = self.map.remove(&addr)
-                && let Some(raw) = entry.inherited
-            {
-                // The inherited number cannot be closed without unsafe: stop it listening so
-                // clients are refused as if it were closed.
-                let _ = nix::sys::socket::shutdown(raw, nix::sys::socket::Shutdown::Both);
-            }
-        }
-    }
-
-    /// Descriptor numbers that must not leak into knots (inherited across exec).
-    pub fn inherited(&self) -> Vec<RawFd> {
-        self.map.values().filter_map(|e| e.inherited).collect()
-    }
-
-    /// Prepares for exec: every socket without close-on-exec, so the new image gets them.
-    pub fn keep_across_exec(&self) -> Result<(), SocketError> {
-        for (addr, e) in &self.map {
-            if e.inherited.is_none() {
-                fcntl(e.fd.as_fd(), FcntlArg::F_SETFD(FdFlag::empty())).map_err(|source| {
-                    SocketError::CloseOnExec {
-                        addr: *addr,
-                        source,
-                    }
-                })?;
-            }
+    /// Adds a socket taken from elsewhere (a knot, or inherited across exec); a second one
+    /// for the same address is closed.
+    pub fn insert(&mut self, addr: SocketAddr, fd: OwnedFd) -> Result<(), SocketError> {
+        if let std::collections::hash_map::Entry::Vacant(v) = self.map.entry(addr) {
+            keep_across_exec(addr, &fd)?;
+            v.insert(fd);
         }
         Ok(())
     }
 
-    /// Undoes [`Sockets::keep_across_exec`] after a failed exec.
-    pub fn close_on_exec(&self) {
-        for e in self.map.values().filter(|e| e.inherited.is_none()) {
-            let _ = fcntl(e.fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
-        }
+    /// The socket for `plan`, bound now if there is none yet.
+    pub fn ensure(&mut self, plan: &SocketPlan, owner: u32) -> Result<BorrowedFd<'_>, SocketError> {
+        let fd: &OwnedFd = match self.map.entry(plan.addr) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let fd = bind(plan, owner)?;
+                keep_across_exec(plan.addr, &fd)?;
+                v.insert(fd)
+            }
+        };
+        Ok(fd.as_fd())
+    }
+
+    /// Closes every socket whose address is not in `keep`.
+    pub fn retain(&mut self, keep: &[SocketAddr]) {
+        self.map.retain(|addr, _| keep.contains(addr));
+    }
+
+    /// The descriptor numbers of every socket (a knot must not inherit those not its own).
+    pub fn raw_fds(&self) -> Vec<RawFd> {
+        self.map.values().map(|fd| fd.as_raw_fd()).collect()
     }
 
     pub fn addrs(&self) -> Vec<SocketAddr> {
@@ -151,33 +121,38 @@ impl Sockets {
     }
 }
 
-/// Listening sockets this process inherited across exec, found in `/proc/self/fd`.
-pub fn recover_inherited() -> Vec<(SocketAddr, OwnedFd, RawFd)> {
-    let mut found = Vec::new();
-    let Ok(me) = isolation::pidfd::open(std::process::id() as i32) else {
-        return found;
-    };
+/// Listening sockets this process inherited across exec (found in `/proc/self/fd`), each
+/// taken over at its number so that dropping it really closes it.
+pub fn recover_inherited() -> Vec<(SocketAddr, OwnedFd)> {
     let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return found;
+        return Vec::new();
     };
     let numbers: Vec<RawFd> = entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .filter(|n| *n > 2)
         .collect();
-    for n in numbers {
-        // Inherited sockets have no close-on-exec; our own descriptors all have it.
-        if close_on_exec(n) != Some(false) {
-            continue;
-        }
-        let Ok(copy) = isolation::pidfd::get_fd(me.as_fd(), n) else {
-            continue;
-        };
-        if let Some(addr) = listening_addr(copy.as_fd()) {
-            found.push((addr, copy, n));
-        }
-    }
-    found
+    let Ok(me) = isolation::pidfd::open(std::process::id() as i32) else {
+        return Vec::new();
+    };
+    numbers
+        .into_iter()
+        // Inherited descriptors have no close-on-exec; those this image opened all have it.
+        .filter(|n| close_on_exec(*n) == Some(false))
+        .filter_map(|n| {
+            // Inspected through a copy: anything but a listening socket is not ours to take.
+            let copy = isolation::pidfd::get_fd(me.as_fd(), n).ok()?;
+            let addr = listening_addr(copy.as_fd())?;
+            drop(copy);
+            match isolation::fd::claim_inherited(n) {
+                Ok(fd) => Some((addr, fd)),
+                Err(e) => {
+                    tracing::warn!("inherited socket {addr}: {e}");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// Whether descriptor `n` of this process has close-on-exec (from `/proc/self/fdinfo`).
@@ -210,11 +185,18 @@ mod tests {
         let fd = sockets
             .ensure(&plan(0), nix::unistd::getuid().as_raw())
             .unwrap();
+        assert_eq!(
+            close_on_exec(fd.as_raw_fd()),
+            Some(false),
+            "kept across exec"
+        );
         let addr = listening_addr(fd).expect("listening");
         assert_eq!(addr.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
         assert_ne!(addr.port(), 0);
         std::net::TcpStream::connect(addr).expect("connects");
         sockets.retain(&[]);
         assert!(sockets.addrs().is_empty());
+        let refused = std::net::TcpStream::connect(addr).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
     }
 }

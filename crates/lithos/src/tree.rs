@@ -103,6 +103,9 @@ struct SandboxState {
     errors: Vec<ConfigError>,
 }
 
+/// What should run: instance name to (sandbox, entry, config or the reason it cannot run).
+type Desired = BTreeMap<String, (String, String, Result<InstanceConfig, String>)>;
+
 /// The supervisor's state; driven by [`Tree::run`].
 pub struct Tree {
     master: Master,
@@ -433,8 +436,8 @@ impl Tree {
         }
     }
 
-    /// What should run: instance name to (sandbox, entry, config or failure reason).
-    fn desired(&self) -> BTreeMap<String, (String, String, Result<InstanceConfig, String>)> {
+    /// What should run now.
+    fn desired(&self) -> Desired {
         let mut want = BTreeMap::new();
         for (sname, s) in &self.sandboxes {
             for (ename, plan) in &s.entries {
@@ -547,7 +550,16 @@ impl Tree {
                 }
             }
         }
-        // A socket stays while any entry names it, running or not.
+        self.close_unused_sockets(&want);
+        for name in to_start {
+            self.start(&name);
+        }
+        self.update_gauges();
+    }
+
+    /// Closes the sockets no entry names and no knot still runs with; a socket stays while
+    /// an entry names it, even when all its instances wait to restart.
+    fn close_unused_sockets(&mut self, want: &Desired) {
         let keep: Vec<SocketAddr> = want
             .values()
             .filter_map(|(_, _, c)| c.as_ref().ok())
@@ -560,10 +572,6 @@ impl Tree {
             )
             .collect();
         self.sockets.retain(&keep);
-        for name in to_start {
-            self.start(&name);
-        }
-        self.update_gauges();
     }
 
     // ---- knots ------------------------------------------------------------------------
@@ -641,7 +649,8 @@ impl Tree {
                 .add_close(above + i as RawFd)
                 .map_err(|e| e.to_string())?;
         }
-        for raw in self.sockets.inherited() {
+        // The tree keeps its sockets open across exec: the knot gets only its own.
+        for raw in self.sockets.raw_fds() {
             if !sources.iter().any(|(_, t)| *t == raw) {
                 actions.add_close(raw).map_err(|e| e.to_string())?;
             }
@@ -768,6 +777,7 @@ impl Tree {
         let inst = self.instances.get_mut(&gone.name).expect("present");
         let Some(desired) = inst.desired.clone() else {
             self.instances.remove(&gone.name);
+            self.close_unused_sockets(&self.desired());
             self.update_gauges();
             return;
         };
@@ -826,7 +836,8 @@ impl Tree {
         };
         match notice.event {
             NoticeEvent::Started { pid } => {
-                if knot.container_pid.is_some() {
+                // A knot that ran a process before respawns it (restart-process-only).
+                if knot.running_since.is_some() {
                     inst.restarts += 1;
                 }
                 knot.container_pid = Some(pid);
@@ -837,8 +848,21 @@ impl Tree {
                 });
             }
             NoticeEvent::Exited { exit } => {
+                // Only sent by a knot that respawns the process: it was not stopped by us.
                 knot.container_pid = None;
                 inst.last_exit = Some(exit);
+                let normal = knot
+                    .config
+                    .as_ref()
+                    .zip(exit.code)
+                    .is_some_and(|(c, code)| c.normal_exit_codes.contains(&code));
+                let group = format!("processes.{}.{}", inst.sandbox, inst.entry);
+                self.metrics.incr(&group, "deaths");
+                self.metrics.incr("containers", "deaths");
+                if !normal {
+                    self.metrics.incr(&group, "failures");
+                    self.metrics.incr("containers", "failures");
+                }
                 self.emit(TreeEvent::Exited {
                     instance: notice.instance,
                     exit,
@@ -929,9 +953,11 @@ impl Tree {
     /// Takes over knots left by a previous tree (after exec or a crash): sockets first,
     /// then each knot as the instance it runs; `sync` replaces the changed ones.
     fn adopt(&mut self) {
-        for (addr, fd, raw) in sockets::recover_inherited() {
-            info!("recovered listening socket {addr} (fd {raw})");
-            self.sockets.insert(addr, fd, Some(raw));
+        for (addr, fd) in sockets::recover_inherited() {
+            info!("recovered listening socket {addr} (fd {})", fd.as_raw_fd());
+            if let Err(e) = self.sockets.insert(addr, fd) {
+                error!("{e}");
+            }
         }
         let me = std::process::id() as i32;
         let want = self.desired();
@@ -946,9 +972,13 @@ impl Tree {
             if let Some(rec) = &record {
                 for s in &rec.sockets {
                     if !self.sockets.contains(&s.addr) {
-                        match isolation::pidfd::get_fd(pidfd.as_fd(), s.fd) {
-                            Ok(fd) => self.sockets.insert(s.addr, fd, None),
-                            Err(e) => warn!(knot = found.pid, "take socket {} back: {e}", s.addr),
+                        let taken = isolation::pidfd::get_fd(pidfd.as_fd(), s.fd)
+                            .map_err(|e| e.to_string())
+                            .and_then(|fd| {
+                                self.sockets.insert(s.addr, fd).map_err(|e| e.to_string())
+                            });
+                        if let Err(e) = taken {
+                            warn!(knot = found.pid, "take socket {} back: {e}", s.addr);
                         }
                     }
                 }
@@ -1213,18 +1243,12 @@ impl Tree {
         if let Err(e) = self.metrics.flush() {
             warn!("metrics: {e}");
         }
-        if let Err(e) = self.sockets.keep_across_exec() {
-            error!("{e}; not re-executing");
-            self.sockets.close_on_exec();
-            return;
-        }
         info!("re-executing {}", self.exe.display());
         // Blocked across exec: the new image unblocks them once its handlers are in place.
         let _ = upgrade_signals().thread_block();
         let args: Vec<CString> = self.args.iter().map(cstring).collect();
         let err = nix::unistd::execv(&cstring(&self.exe), &args).err();
         let _ = upgrade_signals().thread_unblock();
-        self.sockets.close_on_exec();
         error!("exec {}: {err:?}; keeping this tree", self.exe.display());
     }
 
@@ -1265,6 +1289,11 @@ impl Tree {
         self.adopt();
         self.sync();
         self.clean_dangling();
+        // Installed once this image is up, so a crash while starting ends the tree (the
+        // knots live on for the next one) instead of re-executing in a loop.
+        if let Err(e) = isolation::reexec::reexec_on_fatal_signals(&self.exe, &self.args) {
+            error!("re-exec on fatal signals: {e}");
+        }
 
         let shutdown = CancellationToken::new();
         let (calls_tx, mut calls) = mpsc::channel(16);

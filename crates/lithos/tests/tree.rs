@@ -9,11 +9,12 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Fixture, app_pid, bin, free_port, proc_status};
+use common::{Fixture, app_pid, bin, free_port, holds_listener, proc_status};
+use nix::sys::signal::Signal;
 use protocol::pb::lithos as pb;
 use tokio_stream::StreamExt;
 
@@ -70,52 +71,68 @@ impl EventLog {
     }
 }
 
-/// Connects to `port` every 10 ms until stopped; counts refused connections.
+/// What a [`Prober`] saw.
+#[derive(Debug, Default)]
+struct Probes {
+    ok: usize,
+    refused: usize,
+    /// When each connection was made and what the server wrote before closing it.
+    answers: Vec<(Instant, String)>,
+}
+
+/// Connects to `port` every 10 ms until stopped; counts refused connections and, when
+/// asked, reads what the server answers.
 struct Prober {
     stop: Arc<AtomicBool>,
-    refused: Arc<AtomicUsize>,
-    ok: Arc<AtomicUsize>,
+    probes: Arc<Mutex<Probes>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Prober {
-    fn start(port: u16) -> Prober {
+    fn start(port: u16, read_answers: bool) -> Prober {
         let stop = Arc::new(AtomicBool::new(false));
-        let refused = Arc::new(AtomicUsize::new(0));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let (s, r, o) = (stop.clone(), refused.clone(), ok.clone());
+        let probes = Arc::new(Mutex::new(Probes::default()));
+        let (s, p) = (stop.clone(), probes.clone());
         let thread = std::thread::spawn(move || {
             // Bounded: at most ten minutes of probing whatever happens.
             let start = Instant::now();
             while !s.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(600) {
+                let at = Instant::now();
                 match TcpStream::connect_timeout(
                     &([127, 0, 0, 1], port).into(),
                     Duration::from_secs(2),
                 ) {
-                    Ok(_) => o.fetch_add(1, Ordering::Relaxed),
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                        r.fetch_add(1, Ordering::Relaxed)
+                    Ok(mut stream) => {
+                        let mut answer = String::new();
+                        if read_answers {
+                            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                            let _ = std::io::Read::read_to_string(&mut stream, &mut answer);
+                        }
+                        let mut p = p.lock().unwrap();
+                        p.ok += 1;
+                        if read_answers {
+                            p.answers.push((at, answer.trim().to_owned()));
+                        }
                     }
-                    Err(_) => 0,
-                };
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        p.lock().unwrap().refused += 1;
+                    }
+                    Err(_) => {}
+                }
                 std::thread::sleep(Duration::from_millis(10));
             }
         });
         Prober {
             stop,
-            refused,
-            ok,
+            probes,
             thread: Some(thread),
         }
     }
 
-    fn finish(mut self) -> (usize, usize) {
+    fn finish(mut self) -> Probes {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap();
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.refused.load(Ordering::Relaxed),
-        )
+        std::mem::take(&mut *self.probes.lock().unwrap())
     }
 }
 
@@ -379,7 +396,7 @@ fn upgrade_and_crash_keep_containers_and_the_listening_socket() {
     f.write_processes(TWO);
     let first_tree = f.start_tree();
     let before = f.wait_running(&["demo/w.0", "demo/w.1"]);
-    let prober = Prober::start(port);
+    let prober = Prober::start(port, false);
     for _ in 0..5 {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(f.tree_pid()),
@@ -405,7 +422,7 @@ fn upgrade_and_crash_keep_containers_and_the_listening_socket() {
     let after = f.wait_running(&["demo/w.0", "demo/w.1"]);
     assert_eq!(after, before, "the new tree adopted the same containers");
     std::thread::sleep(Duration::from_millis(500));
-    let (ok, refused) = prober.finish();
+    let Probes { ok, refused, .. } = prober.finish();
     assert!(ok > 50, "{ok} connections made");
     assert_eq!(
         refused,
@@ -421,6 +438,191 @@ fn upgrade_and_crash_keep_containers_and_the_listening_socket() {
     let log = f.tree_log();
     assert!(!log.contains("Address already in use"), "{log}");
     assert!(log.matches("adopted knot").count() >= 2, "{log}");
+}
+
+/// The container config of a sleeper holding loopback `port` at fd 3.
+fn sleeper_on(port: u16) -> String {
+    format!("{SLEEPER}tcp-ports:\n  {port}: {{fd: 3, host: 127.0.0.1, listen-backlog: 4096}}\n")
+}
+
+#[test]
+fn retired_socket_is_closed_after_a_reexec() {
+    require_root!();
+    let port = free_port();
+    let mut f = Fixture::new(&format!("allow-tcp-ports: [{port}]\n"));
+    f.image("v1", &sleeper_on(port));
+    f.write_processes("w: {image: v1, config: /config/w.yaml}\n");
+    f.start_tree();
+    f.wait_running(&["demo/w.0"]);
+    // After the exec the tree holds the socket by an inherited descriptor number.
+    f.reexec_with(Signal::SIGQUIT);
+    assert!(
+        f.tree_log()
+            .contains(&format!("recovered listening socket 127.0.0.1:{port}")),
+        "{}",
+        f.tree_log()
+    );
+    let tree = f.tree_pid();
+    let inode = common::listener_inode(port).expect("the port listens");
+    assert!(
+        common::holds_socket(tree, inode),
+        "the new image holds port {port}"
+    );
+    let out = f.switch("{}\n");
+    assert!(out.status.success());
+    f.wait_until("w is gone", Duration::from_secs(20), |f| {
+        f.instances().is_empty()
+    });
+    // Closed, not merely shut down: no descriptor of that socket is left in the tree.
+    assert!(
+        !common::holds_socket(tree, inode),
+        "the tree still has a descriptor of the socket for port {port}"
+    );
+    let refused = TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free again");
+}
+
+#[test]
+fn fatal_signal_reexecutes_the_tree_keeping_containers_and_socket() {
+    require_root!();
+    let port = free_port();
+    let mut f = Fixture::new(&format!("allow-tcp-ports: [{port}]\n"));
+    f.image("v1", &sleeper_on(port));
+    f.write_processes(TWO);
+    let tree = f.start_tree() as i32;
+    let before = f.wait_running(&["demo/w.0", "demo/w.1"]);
+    let prober = Prober::start(port, false);
+    f.reexec_with(Signal::SIGSEGV);
+    assert_eq!(f.tree_pid(), tree, "same pid after the crash");
+    assert_eq!(f.running(), before, "same containers after the crash");
+    assert!(
+        holds_listener(tree, port),
+        "the new image holds port {port}"
+    );
+    assert!(
+        f.tree_log()
+            .contains(&format!("recovered listening socket 127.0.0.1:{port}")),
+        "{}",
+        f.tree_log()
+    );
+    // A second crash works as well: the new image installed the handler again.
+    f.reexec_with(Signal::SIGBUS);
+    assert_eq!(f.tree_pid(), tree);
+    assert_eq!(f.running(), before);
+    std::thread::sleep(Duration::from_millis(200));
+    let Probes { ok, refused, .. } = prober.finish();
+    assert!(ok > 10, "{ok} connections made");
+    assert_eq!(refused, 0, "{refused} of {} refused", ok + refused);
+}
+
+#[test]
+fn rolling_upgrade_on_one_port_refuses_nothing_and_both_answer() {
+    require_root!();
+    let port = free_port();
+    let mut f = Fixture::new(&format!("allow-tcp-ports: [{port}]\n"));
+    for image in ["v1", "v2"] {
+        f.image(
+            image,
+            &format!(
+                "executable: /bin/answer\narguments: [{image}]\n\
+                 tcp-ports:\n  {port}: {{fd: 3, host: 127.0.0.1}}\n"
+            ),
+        );
+        fs::copy(
+            common::answer_server(),
+            f.images.join(image).join("bin/answer"),
+        )
+        .unwrap();
+    }
+    let w = "w: {image: v1, config: /config/w.yaml, instances: 2}\n";
+    let w2 = "w2: {image: v2, config: /config/w.yaml, instances: 2}\n";
+    f.write_processes(w);
+    f.start_tree();
+    f.wait_running(&["demo/w.0", "demo/w.1"]);
+    let prober = Prober::start(port, true);
+    std::thread::sleep(Duration::from_millis(200));
+    let out = f.switch(&format!("{w}{w2}"));
+    assert!(out.status.success());
+    f.wait_running(&["demo/w.0", "demo/w.1", "demo/w2.0", "demo/w2.1"]);
+    let overlap = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let overlap_end = Instant::now();
+    let out = f.switch(w2);
+    assert!(out.status.success());
+    f.wait_until("only w2 is left", Duration::from_secs(20), |f| {
+        f.instances().keys().all(|n| n.starts_with("demo/w2."))
+    });
+    let w_gone = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    let probes = prober.finish();
+    assert_eq!(
+        probes.refused,
+        0,
+        "{} of {} refused",
+        probes.refused,
+        probes.ok + probes.refused
+    );
+    let answered = |from: Instant, to: Instant| {
+        probes
+            .answers
+            .iter()
+            .filter(|(at, _)| (from..to).contains(at))
+            .map(|(_, a)| a.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let during = answered(overlap, overlap_end);
+    assert!(
+        during.contains("v1") && during.contains("v2"),
+        "both images answer while they overlap: {during:?}"
+    );
+    let after = answered(w_gone, Instant::now());
+    assert_eq!(
+        after.into_iter().collect::<Vec<_>>(),
+        ["v2"],
+        "only v2 after w is removed"
+    );
+}
+
+#[test]
+fn restart_process_only_keeps_the_knot_and_its_state() {
+    require_root!();
+    let mut f = Fixture::new("");
+    f.image(
+        "v1",
+        "executable: /bin/sh\narguments: [-c, 'echo start >> /work/starts; sleep 0.3; exit 1']\n\
+         environ: {PATH: /bin}\nrestart-process-only: true\nrestart-timeout: 0.1\n\
+         restart-backoff: {max-delay: 0.2}\nvolumes: {/work: !Statedir {path: /app, user: 1000, group: 1000}}\n",
+    );
+    f.write_processes("w: {image: v1, config: /config/w.yaml}\n");
+    f.start_tree();
+    let first = f.wait_running(&["demo/w.0"])["demo/w.0"];
+    let knot = f.instances()["demo/w.0"].2.expect("a knot");
+    let instance = |f: &Fixture| f.status().sandboxes[0].entries[0].instances[0].clone();
+    f.wait_until("three respawns", Duration::from_secs(20), |f| {
+        let i = instance(f);
+        i.restarts >= 3 && i.pid.is_some()
+    });
+    let now = instance(&f);
+    assert_eq!(
+        now.knot_pid,
+        Some(knot),
+        "the same knot respawns the process"
+    );
+    assert_ne!(now.pid, Some(first), "a new container");
+    let starts = fs::read_to_string(f.state_dir().join("w.0/app/starts")).unwrap();
+    assert!(
+        starts.lines().count() >= 4,
+        "the state dir outlives each process: {starts:?}"
+    );
+    let deaths = lithos::metrics::read(&f.root().join("run/metrics/lithos"))
+        .into_iter()
+        .find(|(n, _, _)| n.contains("processes.demo.w") && n.contains("\"failures\""))
+        .map(|(_, _, v)| v);
+    assert!(
+        deaths.is_some_and(|d| d >= 3),
+        "failures counted: {deaths:?}"
+    );
 }
 
 #[test]
@@ -558,7 +760,7 @@ fn bad_entries_are_rejected_by_check_and_not_started() {
 }
 
 #[test]
-fn memory_limit_is_clamped_and_oom_kills_restart_the_container() {
+fn sandbox_limits_clamp_memory_restart_oom_kills_and_stop_a_fork_loop() {
     require_root!();
     let mut f = Fixture::new("max-memory-limit: 32Mi\ntotal-pids-limit: 50\n");
     f.image(
@@ -566,7 +768,16 @@ fn memory_limit_is_clamped_and_oom_kills_restart_the_container() {
         "executable: /bin/sh\narguments: [-c, 'sleep 2; dd if=/dev/zero of=/dev/null bs=200M count=1']\n\
          environ: {PATH: /bin}\nmemory-limit: 64Mi\nrestart-timeout: 0.5\n",
     );
-    f.write_processes("w: {image: v1, config: /config/w.yaml}\n");
+    // Bounded: 100 forks, more than the sandbox allows; the shell stops at the first refusal.
+    f.container_config(
+        "v1",
+        "forks.yaml",
+        "executable: /bin/sh\narguments: [-c, 'for i in $(seq 100); do sleep 1000 & echo forked $i; done; wait']\n\
+         environ: {PATH: /bin}\nrestart-timeout: 60\n",
+    );
+    f.write_processes(
+        "w: {image: v1, config: /config/w.yaml}\nforks: {image: v1, config: /config/forks.yaml}\n",
+    );
     f.start_tree();
     let events = EventLog::start(&f);
     let running = f.wait_running(&["demo/w.0"]);
@@ -575,19 +786,38 @@ fn memory_limit_is_clamped_and_oom_kills_restart_the_container() {
         l.strip_prefix("4:memory:")
             .or_else(|| l.split_once(":memory:").map(|(_, p)| p))
     });
-    if let Some(path) = memory {
+    // The sandbox's slice in the pids hierarchy.
+    let slice = if let Some(path) = memory {
         let limit =
             fs::read_to_string(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"))
                 .unwrap();
         assert_eq!(limit.trim(), "33554432");
-        let slice = Path::new("/sys/fs/cgroup/pids")
-            .join(&f.cgroup)
-            .join("demo.slice/pids.max");
-        assert_eq!(fs::read_to_string(slice).unwrap().trim(), "50");
+        Path::new("/sys/fs/cgroup/pids").join(&f.cgroup)
     } else {
         let path = cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
         let limit = fs::read_to_string(format!("/sys/fs/cgroup{path}/memory.max")).unwrap();
         assert_eq!(limit.trim(), "33554432");
+        Path::new("/sys/fs/cgroup").join(&f.cgroup)
+    }
+    .join("demo.slice");
+    assert_eq!(
+        fs::read_to_string(slice.join("pids.max")).unwrap().trim(),
+        "50"
+    );
+    let stdio_log = f.root().join("log/stderr/demo.log");
+    f.wait_until("the fork loop is refused", Duration::from_secs(20), |_| {
+        fs::read_to_string(&stdio_log).is_ok_and(|l| l.contains("can't fork"))
+    });
+    let log = fs::read_to_string(&stdio_log).unwrap();
+    let forked = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("forked ")?.parse::<u32>().ok())
+        .max()
+        .unwrap_or(0);
+    // The loop's init and shell, and w's processes, count as well.
+    assert!((1..=48).contains(&forked), "{forked} forks went through");
+    if let Ok(peak) = fs::read_to_string(slice.join("pids.peak")) {
+        assert_eq!(peak.trim(), "50", "the sandbox reached its limit, no more");
     }
     f.wait_until("an OOM kill is reported, then the container starts again", Duration::from_secs(20), |_| {
         let kinds = events.kinds();

@@ -46,6 +46,34 @@ pub fn rootfs() -> &'static Path {
     })
 }
 
+/// tests/fixtures/answer.c built static (images have no libc), once per machine.
+pub fn answer_server() -> &'static Path {
+    static SERVER: OnceLock<PathBuf> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/answer.c");
+        let dest = dir.join("answer");
+        let lock = fs::File::create(dir.join("answer.lock")).unwrap();
+        lock.lock().unwrap();
+        let fresh = |d: &Path| {
+            let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+            modified(d).is_some_and(|t| Some(t) >= modified(&source))
+        };
+        if !fresh(&dest) {
+            let building = dir.join("answer.new");
+            let status = Command::new("cc")
+                .args(["-static", "-O2", "-o"])
+                .arg(&building)
+                .arg(&source)
+                .status()
+                .unwrap();
+            assert!(status.success(), "cc -static {} failed", source.display());
+            fs::rename(&building, &dest).unwrap();
+        }
+        dest
+    })
+}
+
 pub fn bin(name: &str) -> Command {
     let path = match name {
         "lithos_tree" => env!("CARGO_BIN_EXE_lithos_tree"),
@@ -277,6 +305,18 @@ impl Fixture {
             .unwrap()
     }
 
+    /// Sends `signal` to the tree and waits until the new image it execs answers.
+    pub fn reexec_with(&self, signal: nix::sys::signal::Signal) {
+        let starts = |f: &Fixture| f.tree_log().matches("lithos_tree running").count();
+        let before = starts(self);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.tree_pid()), signal).unwrap();
+        self.wait_until(
+            &format!("the tree re-executed after {signal}"),
+            Duration::from_secs(20),
+            |f| starts(f) > before && f.try_status().is_some(),
+        );
+    }
+
     pub fn tree_log(&self) -> String {
         fs::read_to_string(self.root().join("log/master.log")).unwrap_or_default()
     }
@@ -298,6 +338,28 @@ impl Fixture {
             let _ = child.wait();
         }
     }
+}
+
+/// The inode of the socket listening on `port`, if any.
+pub fn listener_inode(port: u16) -> Option<u64> {
+    procfs::net::tcp().unwrap().into_iter().find_map(|e| {
+        (e.state == procfs::net::TcpState::Listen && e.local_address.port() == port)
+            .then_some(e.inode)
+    })
+}
+
+/// Whether process `pid` has a descriptor of socket `inode` (in any state).
+pub fn holds_socket(pid: i32, inode: u64) -> bool {
+    let socket = format!("socket:[{inode}]");
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .any(|e| fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == socket.as_str()))
+}
+
+/// Whether process `pid` holds the socket listening on `port`.
+pub fn holds_listener(pid: i32, port: u16) -> bool {
+    listener_inode(port).is_some_and(|inode| holds_socket(pid, inode))
 }
 
 /// The uid, `NoNewPrivs` and `CapBnd` lines of a process.
