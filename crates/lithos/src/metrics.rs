@@ -1,18 +1,30 @@
-//! The tree's statistics as a cantal metrics file pair (spec/cantal.md §2.5): `PATH.meta`
-//! lists the slots (`counter 8: {json}`, `level 8 signed: {json}`), `PATH.values` holds them
-//! back to back in host byte order. Both are replaced by write-to-temporary and rename when
-//! the set of metrics changes; values are rewritten in place otherwise.
+//! The tree's statistics as a cantal metrics file pair (spec/cantal.md §2.5, the format of
+//! `libcantal::format`): `PATH.meta` lists the slots, `PATH.values` holds them back to back in
+//! host byte order. Both are replaced by write-to-temporary and rename when the set of metrics
+//! changes (processes come and go with reloads, which libcantal's fixed collections do not
+//! do); values are rewritten in place otherwise.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use libcantal::format::{SlotKind, Value, parse_meta};
+
 /// Kind of a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Counter,
     Level,
+}
+
+impl Kind {
+    fn slot_kind(self) -> SlotKind {
+        match self {
+            Kind::Counter => SlotKind::Counter,
+            Kind::Level => SlotKind::Signed,
+        }
+    }
 }
 
 /// The metrics: name (JSON object, the cantal series key) to kind and value.
@@ -92,10 +104,7 @@ impl Metrics {
             let meta: Vec<String> = self
                 .slots
                 .iter()
-                .map(|(name, (kind, _))| match kind {
-                    Kind::Counter => format!("counter 8: {name}"),
-                    Kind::Level => format!("level 8 signed: {name}"),
-                })
+                .map(|(name, (kind, _))| format!("{}: {name}", kind.slot_kind().type_line(8)))
                 .collect();
             crate::state::write_atomic(&meta_path, meta.join("\n").as_bytes())?;
             self.values_file = Some(OpenOptions::new().write(true).open(&values_path)?);
@@ -147,36 +156,34 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Reads a pair back: (json name, kind, value) per 8-byte slot; anything else is skipped.
+/// Reads a pair back: (json name, kind, value) of each counter and signed level; a missing,
+/// unreadable or short pair reads as empty.
 pub fn read(path: &Path) -> Vec<(String, Kind, i64)> {
     let (Ok(meta), Ok(values)) = (
-        fs::read_to_string(with_suffix(path, ".meta")),
+        fs::read(with_suffix(path, ".meta")),
         fs::read(with_suffix(path, ".values")),
     ) else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    let mut offset = 0usize;
-    for line in meta.lines() {
-        let Some((head, json)) = line.split_once(':') else {
-            continue;
-        };
-        let mut words = head.split_whitespace();
-        let kind = words.next().unwrap_or("");
-        let size: usize = words.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        let slot = values.get(offset..offset + size);
-        offset += size;
-        let kind = match (kind, size) {
-            ("counter", 8) => Kind::Counter,
-            ("level", 8) => Kind::Level,
-            _ => continue,
-        };
-        if let Some(bytes) = slot {
-            let value = i64::from_ne_bytes(bytes.try_into().expect("eight bytes"));
-            out.push((json.trim().to_owned(), kind, value));
-        }
-    }
-    out
+    let Ok(meta) = parse_meta(&meta) else {
+        return Vec::new();
+    };
+    let Ok(decoded) = meta.decode(&values) else {
+        return Vec::new();
+    };
+    decoded
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let (kind, value) = match value {
+                Value::Counter(v) => (Kind::Counter, v as i64),
+                Value::Signed(v) => (Kind::Level, v),
+                _ => return None,
+            };
+            // Names are kept as the JSON serde_json writes, the form `json_name` makes.
+            let json = serde_json::to_string(name).ok()?;
+            Some((json, kind, value))
+        })
+        .collect()
 }
 
 #[cfg(test)]
