@@ -198,23 +198,23 @@ fn walk_dir(
         path: dir.to_owned(),
         source,
     })?;
-    let mut names: Vec<_> = read
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(|source| FilterError::Walk {
-            path: dir.to_owned(),
-            source,
-        })?;
-    names.sort();
-    for name in names {
-        let name = name.to_string_lossy().into_owned();
+    let mut entries: Vec<fs::DirEntry> =
+        read.collect::<Result<_, _>>()
+            .map_err(|source| FilterError::Walk {
+                path: dir.to_owned(),
+                source,
+            })?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
         let child_rel = if rel.is_empty() {
             name.clone()
         } else {
             format!("{rel}/{name}")
         };
-        let path = dir.join(&name);
-        let meta = fs::symlink_metadata(&path).map_err(|source| FilterError::Walk {
+        let path = entry.path();
+        // Relative to the open directory (fstatat), like find: no lookup of the whole path.
+        let meta = entry.metadata().map_err(|source| FilterError::Walk {
             path: path.clone(),
             source,
         })?;

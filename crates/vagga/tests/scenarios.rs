@@ -58,7 +58,9 @@ fn busybox_tarball() -> &'static Path {
 
 /// A project directory with the tarball and a vagga.yaml; HOME is a separate empty dir.
 struct Project {
-    dir: tempfile::TempDir,
+    root: PathBuf,
+    /// Removes a temporary project when dropped; `None` for a kept one (see `Project::kept`).
+    _temporary: Option<tempfile::TempDir>,
     home: tempfile::TempDir,
 }
 
@@ -74,13 +76,31 @@ impl Project {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("vagga.yaml"), yaml).unwrap();
         Project {
-            dir,
+            root: dir.path().to_path_buf(),
+            _temporary: Some(dir),
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A project kept on the machine between test runs, so that its `.vagga/.cache` (and its
+    /// images) make the next run fast. CI runs in a fresh clone each time, so the default is
+    /// outside the work tree; `VAGGA_TEST_CACHE` moves it.
+    fn kept(name: &str, yaml: &str) -> Project {
+        let base = std::env::var_os("VAGGA_TEST_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/tmp/deploy-stack-tests"));
+        let root = base.join(name);
+        fs::create_dir_all(&root).unwrap();
+        fs::write(root.join("vagga.yaml"), yaml).unwrap();
+        Project {
+            root,
+            _temporary: None,
             home: tempfile::tempdir().unwrap(),
         }
     }
 
     fn path(&self) -> &Path {
-        self.dir.path()
+        &self.root
     }
 
     fn write(&self, rel: &str, text: &str) {
@@ -998,4 +1018,158 @@ fn config_examples_parse() {
         );
     }
     assert!(seen >= 3, "only {seen} examples in {}", dir.display());
+}
+
+/// The hosts the Debian scenario downloads from; `None` when all answer.
+fn unreachable_host() -> Option<String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    for host in [
+        "deb.debian.org:80",
+        "pypi.org:443",
+        "registry.npmjs.org:443",
+    ] {
+        let reachable = host.to_socket_addrs().ok().is_some_and(|mut addrs| {
+            addrs.any(|a| TcpStream::connect_timeout(&a, Duration::from_secs(5)).is_ok())
+        });
+        if !reachable {
+            return Some(host.to_string());
+        }
+    }
+    None
+}
+
+/// The `.deb` files of the apt cache, each with its inode: a download (even of a package
+/// already there) makes a new file.
+fn cached_debs(cache: &Path) -> std::collections::BTreeMap<String, u64> {
+    fs::read_dir(cache)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".deb"))
+                .map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    (name, e.metadata().unwrap().ino())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The scenario's vagga.yaml. `trust_host_cas` copies `host-ca/` (the host's local CAs) into
+/// the image before `ca-certificates` is installed, and points node at the resulting bundle:
+/// behind a TLS-intercepting proxy (as on some CI machines) pip and npm need it, exactly as a
+/// user behind such a proxy would write it.
+fn debian_yaml(trust_host_cas: bool) -> String {
+    let trust = if trust_host_cas {
+        "    - !Copy {source: /work/host-ca, path: /usr/local/share/ca-certificates}
+    - !Env {NODE_EXTRA_CA_CERTS: /etc/ssl/certs/ca-certificates.crt}
+"
+    } else {
+        ""
+    };
+    format!(
+        "containers:
+  base:
+    setup:
+    - !Debian bookworm
+{trust}    - !Install [hello]
+  full:
+    setup:
+    - !Container base
+    - !Py3Install [six==1.16.0]
+    - !Py3Requirements requirements.txt
+    - !NpmInstall [semver@7.6.3]
+    - !NpmDependencies
+"
+    )
+}
+
+/// The \"Extra\" scenario: a Debian root from debootstrap, apt, pip and npm packages usable at
+/// run time, inputs of requirement files and package.json hashed, and a rebuild served from
+/// `.vagga/.cache` alone. The project is kept under the target dir so that reruns reuse the
+/// caches and images (the first run downloads ~150 MB).
+#[test]
+fn extra_debian_pip_npm_with_warm_caches() {
+    needs_root!();
+    if let Some(host) = unreachable_host() {
+        eprintln!("skipped: needs Debian's archive, PyPI and npm; {host} is unreachable");
+        return;
+    }
+    let has_debootstrap = ["/usr/sbin/debootstrap", "/sbin/debootstrap"]
+        .iter()
+        .any(|p| Path::new(p).is_file());
+    if !has_debootstrap {
+        eprintln!("skipped: needs debootstrap (apt-get install debootstrap; tests/run.sh does)");
+        return;
+    }
+    let host_cas: Vec<PathBuf> = fs::read_dir("/usr/local/share/ca-certificates")
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    let p = Project::kept("vagga-debian", &debian_yaml(!host_cas.is_empty()));
+    for ca in &host_cas {
+        let copy = p.path().join("host-ca").join(ca.file_name().unwrap());
+        fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        fs::copy(ca, copy).unwrap();
+    }
+    p.write("requirements.txt", "-r extra.txt\n");
+    p.write("extra.txt", "toml==0.10.2\n");
+    p.write(
+        "package.json",
+        "{\"name\": \"t\", \"dependencies\": {\"left-pad\": \"1.3.0\"}}\n",
+    );
+    let long = |args: &[&str]| {
+        let out = p
+            .cmd(args)
+            .timeout(Duration::from_secs(1200))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "vagga {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    long(&["_build", "full"]);
+    assert!(link_format(&p.link("full"), "full"), "{}", p.link("full"));
+    assert_eq!(p.ok(&["_run", "full", "hello"]), "Hello, world!\n");
+    let py = "import six, toml; print(six.__version__, toml.__version__)";
+    assert_eq!(
+        p.ok(&["_run", "full", "python3", "-c", py]),
+        "1.16.0 0.10.2\n"
+    );
+    assert_eq!(p.ok(&["_run", "full", "semver", "1.2.3"]), "1.2.3\n");
+    let js = "console.log(require('/usr/local/lib/node_modules/left-pad')('x', 3, '.'))";
+    assert_eq!(p.ok(&["_run", "full", "node", "-e", js]), "..x\n");
+    let meta = p.path().join(".vagga/full/..");
+    let freeze = fs::read_to_string(meta.join("pip3-freeze.txt")).unwrap();
+    assert!(freeze.contains("six==1.16.0") && freeze.contains("toml==0.10.2"));
+    let list = fs::read_to_string(meta.join("npm-list.txt")).unwrap();
+    assert!(list.contains("semver@7.6.3") && list.contains("left-pad@1.3.0"));
+
+    // Nested requirement files and package.json are inputs (restored so reruns stay built).
+    let hash = || p.ok(&["_version_hash", "-s", "full"]);
+    let built = hash();
+    p.write("extra.txt", "toml==0.10.1\n");
+    assert_ne!(hash(), built, "editing extra.txt must change the hash");
+    p.write("extra.txt", "toml==0.10.2\n");
+    p.write("package.json", "{\"name\": \"t\", \"dependencies\": {}}\n");
+    assert_ne!(hash(), built, "editing package.json must change the hash");
+    assert_eq!(
+        p.run(&["--no-build", "_run", "full", "true"]).status.code(),
+        Some(29)
+    );
+    p.write(
+        "package.json",
+        "{\"name\": \"t\", \"dependencies\": {\"left-pad\": \"1.3.0\"}}\n",
+    );
+    assert_eq!(hash(), built);
+
+    // Rebuilding the Debian root (debootstrap and apt) downloads no package again.
+    let cache = p.path().join(".vagga/.cache/apt-cache");
+    let before = cached_debs(&cache);
+    assert!(!before.is_empty(), "no .deb cached in {}", cache.display());
+    long(&["_build", "base", "--force"]);
+    assert_eq!(
+        cached_debs(&cache),
+        before,
+        "the warm rebuild downloaded packages"
+    );
+    assert_eq!(p.ok(&["_run", "base", "hello"]), "Hello, world!\n");
 }
