@@ -1,0 +1,230 @@
+//! Applying a schedule on this host: `verwalter_render` once per role of this node, with the
+//! deployment logged in the index.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::deploy_log::{Marker, Stream};
+use crate::node::{Node, RoleRender};
+use crate::schedule::Schedule;
+use crate::vars::{self, Deployment};
+
+/// The renderer's own budget is 180 s; the daemon kills it a little later as a backstop.
+const RENDER_KILL_AFTER: Duration = Duration::from_secs(185);
+
+/// Renders every new schedule, and again on `force_render_all`.
+pub async fn deploy_loop(node: Arc<Node>, shutdown: CancellationToken) {
+    let mut schedules = node.schedule.subscribe();
+    // A schedule loaded from storage at start is in force already: its files are on disk.
+    schedules.borrow_and_update();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            changed = schedules.changed() => if changed.is_err() { break },
+            () = node.render_wake.notified() => {}
+        }
+        let Some(schedule) = schedules.borrow_and_update().clone() else {
+            continue;
+        };
+        deploy(&node, &schedule).await;
+    }
+}
+
+/// Logs a line to the global log under `marker`; a log failure is reported, not fatal.
+fn log_event(node: &Node, deployment_id: &str, stream: &Stream, marker: Marker, text: &str) {
+    if let Err(err) = node.log.event(deployment_id, stream, marker, text) {
+        node.set_error("log", Some(err.to_string()));
+    }
+}
+
+async fn deploy(node: &Node, schedule: &Schedule) {
+    let now = crate::now_ms(SystemTime::now());
+    let deployment_id = format!("{now}-{}", &schedule.stamp.hash[..8]);
+    let global = Stream::Global;
+    log_event(
+        node,
+        &deployment_id,
+        &global,
+        Marker::DeploymentStart,
+        &format!(
+            "==== deployment {deployment_id}: schedule {} from {}{}\n",
+            schedule.stamp.hash,
+            schedule.stamp.origin,
+            if node.settings.dry_run {
+                " (dry run)"
+            } else {
+                ""
+            }
+        ),
+    );
+    if let Some(changes) = schedule
+        .data
+        .get("changes")
+        .and_then(Value::as_array)
+        .filter(|c| !c.is_empty())
+    {
+        let text: String = changes
+            .iter()
+            .map(|line| {
+                format!(
+                    "{}\n",
+                    line.as_str()
+                        .map_or_else(|| line.to_string(), str::to_owned)
+                )
+            })
+            .collect();
+        log_event(
+            node,
+            &deployment_id,
+            &Stream::Changes,
+            Marker::DeploymentChanges,
+            &text,
+        );
+    }
+    let machine = node.state().inputs.machine.clone();
+    let deployment = Deployment {
+        timestamp: schedule.stamp.timestamp,
+        deployment_id: deployment_id.clone(),
+        machine,
+    };
+    let dir = node.settings.runtime_dir.join("render");
+    if let Err(err) = std::fs::create_dir_all(&dir) {
+        node.set_error("render", Some(format!("create {}: {err}", dir.display())));
+        return;
+    }
+    let schedule_file = dir.join("schedule.json");
+    let _ = crate::storage::write_file(
+        &schedule_file,
+        &serde_json::to_vec(schedule).unwrap_or_default(),
+    );
+    let mut failures = Vec::new();
+    for role in vars::node_roles(&schedule.data, &node.settings.hostname) {
+        let role_vars =
+            vars::system_vars(&schedule.data, &role, &node.settings.hostname, &deployment);
+        let vars_file = dir.join(format!("{role}.vars.json"));
+        if let Err(err) = crate::storage::write_file(
+            &vars_file,
+            &serde_json::to_vec(&Value::Object(role_vars)).unwrap_or_default(),
+        ) {
+            failures.push(format!("{role}: {err}"));
+            continue;
+        }
+        let code = render_role(node, &vars_file, &schedule_file).await;
+        let ok = code == Some(0);
+        {
+            let mut state = node.state();
+            if ok {
+                state.failed_roles.remove(&role);
+            } else {
+                state.failed_roles.insert(role.clone());
+            }
+            state.roles.insert(
+                role.clone(),
+                RoleRender {
+                    deployment_id: deployment_id.clone(),
+                    timestamp: now,
+                    ok,
+                    exit_code: code,
+                },
+            );
+        }
+        if !ok {
+            failures.push(format!("{role}: verwalter_render exited with {code:?}"));
+        }
+    }
+    node.refresh_local();
+    if failures.is_empty() {
+        node.set_error("render", None);
+        log_event(
+            node,
+            &deployment_id,
+            &global,
+            Marker::DeploymentFinish,
+            &format!("==== deployment {deployment_id} done\n"),
+        );
+    } else {
+        let text = failures.join("; ");
+        node.set_error("render", Some(text.clone()));
+        log_event(
+            node,
+            &deployment_id,
+            &global,
+            Marker::DeploymentError,
+            &format!("==== deployment {deployment_id} failed: {text}\n"),
+        );
+    }
+}
+
+/// Runs `verwalter_render` for one role; the exit code, None if it could not run or was
+/// killed.
+async fn render_role(
+    node: &Node,
+    vars_file: &std::path::Path,
+    schedule_file: &std::path::Path,
+) -> Option<i32> {
+    let settings = &node.settings;
+    let mut command = if settings.use_sudo {
+        let mut sudo = tokio::process::Command::new("sudo");
+        sudo.arg("-n").arg(&settings.render_binary);
+        sudo
+    } else {
+        tokio::process::Command::new(&settings.render_binary)
+    };
+    command
+        .arg("--vars-file")
+        .arg(vars_file)
+        .arg("--schedule-file")
+        .arg(schedule_file)
+        .arg("--config-dir")
+        .arg(&settings.config_dir)
+        .arg("--log-dir")
+        .arg(&settings.log_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if settings.dry_run {
+        command.arg("--dry-run");
+    }
+    let child = match command.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            node.set_error(
+                "render",
+                Some(format!("spawn {}: {err}", settings.render_binary.display())),
+            );
+            return None;
+        }
+    };
+    let pid = child.id();
+    match tokio::time::timeout(RENDER_KILL_AFTER, child.wait_with_output()).await {
+        Ok(Ok(output)) => {
+            if !output.status.success() {
+                tracing::warn!(
+                    status = %output.status,
+                    stderr = %String::from_utf8_lossy(&output.stderr).trim(),
+                    "verwalter_render failed"
+                );
+            }
+            output.status.code()
+        }
+        Ok(Err(err)) => {
+            tracing::error!(error = %err, "waiting for verwalter_render");
+            None
+        }
+        Err(_) => {
+            if let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok()) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            None
+        }
+    }
+}

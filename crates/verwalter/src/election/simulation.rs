@@ -1,0 +1,399 @@
+//! Deterministic simulation of the election: real runners over the in-memory network, in a
+//! single-threaded runtime with paused time, with seeded randomness everywhere.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use protocol::domain::MachineId;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::runner::{self, PacketCounters, Report, Status, Wiring};
+use super::transport::MemoryNetwork;
+use super::{Election, Event, Local, Member, State, Timing, View};
+
+struct Node {
+    addr: SocketAddr,
+    status: watch::Receiver<Status>,
+    view: watch::Sender<View>,
+    reports: mpsc::UnboundedReceiver<Report>,
+    shutdown: CancellationToken,
+    alive: bool,
+    persisted: Arc<Mutex<u64>>,
+}
+
+struct Cluster {
+    network: MemoryNetwork,
+    nodes: Vec<Node>,
+    /// Views were shrunk below a majority (minority grace over): separate quorums may each
+    /// elect, so one-leader-per-epoch does not hold until they heal.
+    split_quorums: std::cell::Cell<bool>,
+}
+
+fn id(i: usize) -> MachineId {
+    MachineId::from_bytes([u8::try_from(i + 1).unwrap(); 16])
+}
+
+fn addr(i: usize) -> SocketAddr {
+    format!("10.78.0.{}:8379", i + 1).parse().unwrap()
+}
+
+impl Cluster {
+    fn start(size: usize, seed: u64) -> Self {
+        let network = MemoryNetwork::new(seed);
+        let mut nodes = Vec::new();
+        for i in 0..size {
+            let mut view = View {
+                ready: true,
+                fresh: true,
+                ..View::default()
+            };
+            for j in (0..size).filter(|&j| j != i) {
+                view.peers.insert(
+                    id(j),
+                    Member {
+                        dead: false,
+                        addr: Some(addr(j)),
+                    },
+                );
+            }
+            view.needed = size / 2 + 1;
+            let (view_tx, view_rx) = watch::channel(view);
+            let (local_tx, local_rx) = watch::channel(Local::default());
+            let (status_tx, status_rx) = watch::channel(Status::initial(0));
+            let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+            let shutdown = CancellationToken::new();
+            let persisted = Arc::new(Mutex::new(0));
+            let saved = Arc::clone(&persisted);
+            let seed = seed * 100 + i as u64;
+            let election = Election::new(id(i), 0, None, Timing::default(), seed, Instant::now());
+            let wiring = Wiring {
+                view: view_rx,
+                local: local_rx,
+                ping_now: Arc::new(Notify::new()),
+                status: status_tx,
+                reports: reports_tx,
+                persist: Box::new(move |epoch, _| *saved.lock().unwrap() = epoch),
+                counters: Arc::new(PacketCounters::default()),
+                shutdown: shutdown.clone(),
+            };
+            let transport = network.endpoint(addr(i));
+            tokio::spawn(async move {
+                runner::run(election, transport, wiring).await;
+                drop(local_tx);
+            });
+            nodes.push(Node {
+                addr: addr(i),
+                status: status_rx,
+                view: view_tx,
+                reports: reports_rx,
+                shutdown,
+                alive: true,
+                persisted,
+            });
+        }
+        Self {
+            network,
+            nodes,
+            split_quorums: std::cell::Cell::new(false),
+        }
+    }
+
+    fn status(&self, i: usize) -> Status {
+        self.nodes[i].status.borrow().clone()
+    }
+
+    fn leaders(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].alive && self.status(i).state == State::Leader)
+            .collect()
+    }
+
+    /// Two leaders in one epoch would be a safety bug, whatever the network does.
+    fn check_safety(&self) {
+        if self.split_quorums.get() {
+            return;
+        }
+        let leaders = self.leaders();
+        for (a, &x) in leaders.iter().enumerate() {
+            for &y in &leaders[a + 1..] {
+                assert_ne!(
+                    self.status(x).epoch,
+                    self.status(y).epoch,
+                    "two leaders in one epoch"
+                );
+            }
+        }
+    }
+
+    /// Advances virtual time in 10 ms steps until `done` holds; returns the time it took.
+    async fn wait_for(&self, limit: Duration, done: impl Fn(&Self) -> bool) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() <= limit {
+            self.check_safety();
+            if done(self) {
+                return Some(start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+
+    async fn run_for(&self, duration: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < duration {
+            self.check_safety();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Exactly one leader among the live nodes, and every live node follows it.
+    fn settled(&self) -> Option<usize> {
+        let leaders = self.leaders();
+        let [leader] = leaders[..] else { return None };
+        let epoch = self.status(leader).epoch;
+        let all_follow = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].alive && i != leader)
+            .all(|i| {
+                let status = self.status(i);
+                status.state == State::Follower { leader: id(leader) } && status.epoch == epoch
+            });
+        all_follow.then_some(leader)
+    }
+
+    fn kill(&mut self, i: usize) {
+        self.nodes[i].shutdown.cancel();
+        self.nodes[i].alive = false;
+        self.network.remove(self.nodes[i].addr);
+    }
+
+    /// What cantal would report on node `i` after marking `dead` peers dead for longer than
+    /// the minority grace: they no longer count toward the quorum.
+    fn cantal_marks(&self, i: usize, dead: &[usize], count_dead: bool) {
+        if !dead.is_empty() && !count_dead {
+            self.split_quorums.set(true);
+        }
+        self.nodes[i].view.send_modify(|view| {
+            for member in view.peers.values_mut() {
+                member.dead = false;
+            }
+            for &j in dead {
+                if let Some(member) = view.peers.get_mut(&id(j)) {
+                    member.dead = true;
+                }
+            }
+            let counted = 1 + view
+                .peers
+                .values()
+                .filter(|m| count_dead || !m.dead)
+                .count();
+            view.needed = counted / 2 + 1;
+        });
+    }
+
+    fn drain_reports(&mut self, i: usize) -> Vec<Report> {
+        let mut reports = Vec::new();
+        while let Ok(report) = self.nodes[i].reports.try_recv() {
+            reports.push(report);
+        }
+        reports
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[tokio::test(start_paused = true)]
+async fn cold_start_elects_one_stable_leader() {
+    for seed in 0..5 {
+        let cluster = Cluster::start(3, seed);
+        let took = cluster
+            .wait_for(5 * SECOND, |c| c.settled().is_some())
+            .await;
+        assert!(took.is_some(), "seed {seed}: no single leader within 5 s");
+        let leader = cluster.settled().unwrap();
+        let epoch = cluster.status(leader).epoch;
+        cluster.run_for(10 * SECOND).await;
+        assert_eq!(
+            cluster.settled(),
+            Some(leader),
+            "seed {seed}: leadership changed without a fault"
+        );
+        assert_eq!(cluster.status(leader).epoch, epoch);
+        assert_eq!(
+            *cluster.nodes[leader].persisted.lock().unwrap(),
+            epoch,
+            "epoch persisted"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn killing_the_leader_elects_a_new_one_within_two_seconds() {
+    for seed in 0..20 {
+        let mut cluster = Cluster::start(3, seed);
+        cluster
+            .wait_for(5 * SECOND, |c| c.settled().is_some())
+            .await
+            .unwrap();
+        let old = cluster.settled().unwrap();
+        let old_epoch = cluster.status(old).epoch;
+        cluster.kill(old);
+        let took = cluster
+            .wait_for(5 * SECOND, |c| c.settled().is_some())
+            .await
+            .unwrap_or_else(|| panic!("seed {seed}: no new leader"));
+        assert!(took <= 2 * SECOND, "seed {seed}: failover took {took:?}");
+        let new = cluster.settled().unwrap();
+        assert_ne!(new, old);
+        assert!(cluster.status(new).epoch > old_epoch);
+        let reports = cluster.drain_reports(new);
+        assert!(reports.contains(&Report::Election(Event::BecameLeader)));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn partition_keeps_both_sides_leading_and_heal_leaves_the_majority_leader() {
+    for seed in 0..5 {
+        let mut cluster = Cluster::start(3, seed);
+        cluster
+            .wait_for(5 * SECOND, |c| c.settled().is_some())
+            .await
+            .unwrap();
+        let minority = cluster.settled().unwrap();
+        let majority: Vec<usize> = (0..3).filter(|&i| i != minority).collect();
+        let (a, b) = (
+            cluster.nodes[majority[0]].addr,
+            cluster.nodes[majority[1]].addr,
+        );
+        cluster
+            .network
+            .partition(&[&[cluster.nodes[minority].addr], &[a, b]]);
+
+        // The old leader loses check-quorum within the window (plus one heartbeat).
+        let stepped = cluster
+            .wait_for(2 * SECOND, |c| c.status(minority).state != State::Leader)
+            .await
+            .unwrap();
+        assert!(
+            stepped <= Duration::from_millis(1400),
+            "seed {seed}: step-down took {stepped:?}"
+        );
+        let majority_leader = cluster
+            .wait_for(3 * SECOND, |c| {
+                c.leaders().iter().any(|l| majority.contains(l))
+                    && majority.iter().all(|&i| c.status(i).leader.is_some())
+            })
+            .await;
+        assert!(
+            majority_leader.is_some(),
+            "seed {seed}: majority did not elect"
+        );
+        // Before cantal's dead mark plus grace, the minority cannot elect.
+        cluster.run_for(3 * SECOND).await;
+        assert_ne!(cluster.status(minority).state, State::Leader);
+
+        // Grace over: the minority counts only itself and elects itself.
+        cluster.cantal_marks(minority, &majority, false);
+        for &i in &majority {
+            cluster.cantal_marks(i, &[minority], false);
+        }
+        cluster
+            .wait_for(3 * SECOND, |c| c.status(minority).state == State::Leader)
+            .await
+            .unwrap_or_else(|| panic!("seed {seed}: minority did not elect its own leader"));
+        let winner = *cluster
+            .leaders()
+            .iter()
+            .find(|l| majority.contains(l))
+            .unwrap();
+        cluster.drain_reports(winner);
+        assert_eq!(cluster.leaders().len(), 2);
+
+        // Heal: links and cantal's view come back.
+        cluster.network.heal();
+        for i in 0..3 {
+            cluster.cantal_marks(i, &[], false);
+        }
+        let healed = cluster
+            .wait_for(3 * SECOND, |c| c.settled().is_some())
+            .await;
+        assert!(healed.is_some(), "seed {seed}: no single leader after heal");
+        assert_eq!(
+            cluster.settled(),
+            Some(winner),
+            "seed {seed}: the majority's leader stays"
+        );
+        cluster.split_quorums.set(false);
+        cluster.run_for(5 * SECOND).await;
+        assert_eq!(cluster.settled(), Some(winner));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejoining_node_with_many_failed_pre_votes_does_not_disturb_the_leader() {
+    let cluster = Cluster::start(3, 7);
+    cluster
+        .wait_for(5 * SECOND, |c| c.settled().is_some())
+        .await
+        .unwrap();
+    let leader = cluster.settled().unwrap();
+    let epoch = cluster.status(leader).epoch;
+    let isolated = (0..3).find(|&i| i != leader).unwrap();
+    cluster
+        .network
+        .set_link(cluster.nodes[isolated].addr, false);
+    // --strict-majority: the isolated node keeps counting everyone and never wins.
+    cluster.run_for(60 * SECOND).await;
+    assert_eq!(
+        cluster.status(isolated).epoch,
+        epoch,
+        "pre-vote keeps the epoch"
+    );
+    assert_ne!(cluster.status(isolated).state, State::Leader);
+    assert_eq!(cluster.leaders(), [leader]);
+
+    cluster.network.heal();
+    let rejoined = cluster
+        .wait_for(2 * SECOND, |c| c.settled().is_some())
+        .await
+        .unwrap();
+    assert!(
+        rejoined <= SECOND,
+        "follows the leader {rejoined:?} after heal"
+    );
+    assert_eq!(cluster.settled(), Some(leader));
+    assert_eq!(
+        cluster.status(leader).epoch,
+        epoch,
+        "no epoch jump on the healthy side"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn lossy_network_still_converges_safely() {
+    let cluster = Cluster::start(5, 3);
+    cluster.network.set_loss(0.2);
+    let took = cluster
+        .wait_for(20 * SECOND, |c| c.leaders().len() == 1)
+        .await;
+    assert!(took.is_some(), "no leader with 20% loss");
+    cluster.run_for(30 * SECOND).await;
+    assert_eq!(cluster.leaders().len(), 1);
+    let (delivered, dropped) = cluster.network.counts();
+    assert!(dropped > 0 && delivered > dropped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_alone_elects_itself_after_the_start_wait() {
+    let cluster = Cluster::start(1, 1);
+    let took = cluster
+        .wait_for(2 * SECOND, |c| c.leaders() == [0])
+        .await
+        .unwrap();
+    assert!(
+        took >= Duration::from_millis(500) && took < SECOND,
+        "{took:?}"
+    );
+}
