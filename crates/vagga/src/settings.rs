@@ -156,15 +156,9 @@ impl Settings {
                 ".vagga/settings.yaml",
                 ".vagga.yaml",
             ] {
-                let path = home.join(name);
-                if !path.is_file() {
+                let Some(global) = read_file::<GlobalSettings>(&home.join(name), project)? else {
                     continue;
-                }
-                let node = yaml::load_file(&path, project)?;
-                if node.is_null() {
-                    continue;
-                }
-                let global: GlobalSettings = from_node(&node)?;
+                };
                 settings.apply_global(&global);
                 let key = project.display().to_string();
                 if let Some(p) = global.site_settings.get(&key) {
@@ -176,19 +170,27 @@ impl Settings {
             settings.apply_project(p);
         }
         for name in [".vagga.settings.yaml", ".vagga/settings.yaml"] {
-            let path = project.join(name);
-            if !path.is_file() {
-                continue;
+            if let Some(p) = read_file::<ProjectSettings>(&project.join(name), project)? {
+                settings.apply_project(&p);
             }
-            let node = yaml::load_file(&path, project)?;
-            if node.is_null() {
-                continue;
-            }
-            let p: ProjectSettings = from_node(&node)?;
-            settings.apply_project(&p);
         }
         Ok(settings)
     }
+}
+
+/// One settings file; `None` when it does not exist or is empty.
+fn read_file<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    project: &Path,
+) -> Result<Option<T>, ConfigError> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let node = yaml::load_file(path, project)?;
+    if node.is_null() {
+        return Ok(None);
+    }
+    Ok(Some(from_node(&node)?))
 }
 
 #[cfg(test)]
