@@ -123,13 +123,16 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Writes `data` to `path` through a temporary file and a rename: never half-written.
+/// Writes runtime state to `path` through a temporary file and a rename: never half-written.
+///
+/// No fsync: this state only has to outlive a crash of our processes, which the page cache
+/// does; after a power loss there are no containers left to adopt. The fsync cost a
+/// millisecond or more on every container start and every metrics flush.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(data)?;
-    f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
 
