@@ -398,12 +398,21 @@ mod tests {
 
         let (hashed, reordered) = check(&cache, &[&c, &a, &b]);
         assert_eq!(hashed, 0);
-        assert_eq!(reordered, [first[2].clone(), first[0].clone(), first[1].clone()]);
+        assert_eq!(
+            reordered,
+            [first[2].clone(), first[0].clone(), first[1].clone()]
+        );
 
         // Without b the saved cache shrinks, and a and c still hit.
         let (hashed, _) = check(&cache, &[&a, &c]);
         assert_eq!(hashed, 0);
-        assert_eq!(Loaded::parse(fs::read(&cache).unwrap()).unwrap().records.len(), 2);
+        assert_eq!(
+            Loaded::parse(fs::read(&cache).unwrap())
+                .unwrap()
+                .records
+                .len(),
+            2
+        );
     }
 
     #[test]
