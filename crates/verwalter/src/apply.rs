@@ -111,8 +111,31 @@ impl<'a> Applier<'a> {
         }
     }
 
+    /// Logs a line under an index marker (the index shows where each command's output is).
+    fn mark(&self, marker: Marker, text: &str) -> Result<(), ApplyError> {
+        match self.log {
+            Some(log) => Ok(log.event(marker, text)?),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs one command between `ActionStart` and `ActionFinish` index markers.
     fn run(&mut self, command: &Command) -> Result<(), ApplyError> {
-        self.note(&format!("+ {}\n", command.describe()))?;
+        let description = command.describe();
+        self.mark(
+            Marker::ActionStart(description.clone()),
+            &format!("+ {description}\n"),
+        )?;
+        let result = self.execute(command);
+        let outcome = match &result {
+            Ok(()) => format!("- {description}: ok\n"),
+            Err(err) => format!("- {description}: failed: {err}\n"),
+        };
+        self.mark(Marker::ActionFinish(description), &outcome)?;
+        result
+    }
+
+    fn execute(&mut self, command: &Command) -> Result<(), ApplyError> {
         match command {
             Command::Cmd(argv) => self.process(argv),
             Command::Sh(script) => self.process(&["sh".into(), "-exc".into(), script.clone()]),
@@ -448,6 +471,54 @@ pub fn diff(command: &Command) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deploy_log::{DeployLog, Stream};
+
+    #[test]
+    fn each_command_is_indexed_between_action_markers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = RoleLog {
+            log: DeployLog::new(tmp.path()),
+            stream: Stream::Role("web".into()),
+            deployment_id: "d1".into(),
+        };
+        let log_dirs = BTreeMap::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut applier = Applier::new(deadline, Some(&log), &log_dirs);
+        let commands = [
+            Command::Sh("echo hello".into()),
+            Command::Cmd(vec!["false".into()]),
+            Command::Sh("echo never".into()),
+        ];
+        assert!(matches!(
+            applier.run_recipe(&commands),
+            Err(ApplyError::Failed { .. })
+        ));
+        let index = fs::read_to_string(tmp.path().join(".index/latest")).unwrap();
+        let markers: Vec<serde_json::Value> = index
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()[3].clone())
+            .collect();
+        let echo = "!Sh \"echo hello\"";
+        let false_cmd = "!Cmd [\"false\"]";
+        assert_eq!(
+            markers,
+            [
+                serde_json::json!({"variant": "ActionStart", "fields": [echo]}),
+                serde_json::json!({"variant": "ActionFinish", "fields": [echo]}),
+                serde_json::json!({"variant": "ActionStart", "fields": [false_cmd]}),
+                serde_json::json!({"variant": "ActionFinish", "fields": [false_cmd]}),
+            ]
+        );
+        // The pointers lead to the command's line, its output, then its outcome.
+        let text = fs::read_to_string(tmp.path().join("web/latest")).unwrap();
+        let first: serde_json::Value = serde_json::from_str(index.lines().next().unwrap()).unwrap();
+        assert_eq!(first[2]["variant"], "Role");
+        assert_eq!(first[2]["fields"][2], 0);
+        assert!(text.starts_with("+ !Sh \"echo hello\"\n"), "{text}");
+        assert!(text.contains("hello\n- !Sh \"echo hello\": ok\n"), "{text}");
+        assert!(text.contains("- !Cmd [\"false\"]: failed: "), "{text}");
+        assert!(!text.contains("never"), "{text}");
+    }
 
     #[test]
     fn atomic_write_skips_identical_content() {

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cantal::{self, PeerTable, QuorumRule};
 use crate::control::ControlService;
 use crate::election::runner::{self, PacketCounters, Status, Wiring};
-use crate::election::transport::UdpTransport;
+use crate::election::transport::{Faults, FaultyTransport, UdpTransport};
 use crate::election::{Election, Local, Timing};
 use crate::node::{self, Channels, Node, Settings};
 use crate::storage::Storage;
@@ -114,6 +114,30 @@ async fn machine_id(options: &Options) -> Result<MachineId, DaemonError> {
         .map_err(|e: protocol::domain::ParseMachineIdError| DaemonError::MachineId(e.to_string()))
 }
 
+/// With the `test-faults` feature, `VERWALTER_TEST_FAULTS` (e.g. `drop=0.2`) makes the
+/// election socket lose datagrams; without it, or in a build without the feature, none.
+fn test_faults() -> Faults {
+    if !cfg!(feature = "test-faults") {
+        return Faults::default();
+    }
+    let Ok(spec) = std::env::var("VERWALTER_TEST_FAULTS") else {
+        return Faults::default();
+    };
+    match Faults::parse(&spec) {
+        Ok(faults) => {
+            tracing::warn!(
+                spec,
+                "the election socket runs through the test fault layer"
+            );
+            faults
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "ignoring VERWALTER_TEST_FAULTS");
+            Faults::default()
+        }
+    }
+}
+
 /// Runs the daemon until `shutdown` is cancelled.
 pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), DaemonError> {
     let settings = options.settings.clone();
@@ -189,7 +213,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Da
         "cantal"
     });
     tasks.spawn(async move {
-        runner::run(election, UdpTransport::new(udp), wiring).await;
+        let transport = FaultyTransport::new(UdpTransport::new(udp), test_faults(), seed);
+        runner::run(election, transport, wiring).await;
         "election"
     });
     let (n, token) = (Arc::clone(&node), shutdown.clone());
@@ -237,9 +262,12 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Da
     });
 
     let died = tokio::select! {
+        biased;
         () = shutdown.cancelled() => None,
         finished = tasks.join_next() => finished.map(|result| result.unwrap_or("a task (panicked)")),
     };
+    // A task that ended because a stop was asked for has not died.
+    let died = died.filter(|_| !shutdown.is_cancelled());
     shutdown.cancel();
     // Every task ends on the token; give them a moment to finish open work.
     let _ = tokio::time::timeout(Duration::from_secs(5), async {

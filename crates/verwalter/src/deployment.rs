@@ -1,6 +1,8 @@
 //! Applying a schedule on this host: `verwalter_render` once per role of this node, with the
 //! deployment logged in the index.
 
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -101,8 +103,10 @@ async fn deploy(node: &Node, schedule: &Schedule) {
         &schedule_file,
         &serde_json::to_vec(schedule).unwrap_or_default(),
     );
+    let roles = vars::node_roles(&schedule.data, &node.settings.hostname);
+    forget_dropped_roles(node, &dir, &roles);
     let mut failures = Vec::new();
-    for role in vars::node_roles(&schedule.data, &node.settings.hostname) {
+    for role in roles {
         let role_vars =
             vars::system_vars(&schedule.data, &role, &node.settings.hostname, &deployment);
         let vars_file = dir.join(format!("{role}.vars.json"));
@@ -113,7 +117,9 @@ async fn deploy(node: &Node, schedule: &Schedule) {
             failures.push(format!("{role}: {err}"));
             continue;
         }
+        let started = std::time::Instant::now();
         let code = render_role(node, &vars_file, &schedule_file).await;
+        tracing::debug!(role, took = ?started.elapsed(), ?code, "verwalter_render");
         let ok = code == Some(0);
         {
             let mut state = node.state();
@@ -159,13 +165,51 @@ async fn deploy(node: &Node, schedule: &Schedule) {
     }
 }
 
+/// A role no longer under `nodes.<host>.roles` is not rendered any more: it leaves
+/// `failed_roles` and the role list, and its vars file goes (the vars files left from the
+/// last deployment also tell a restarted daemon which roles it rendered). Its rendered files
+/// stay, as verwalter does not know what its commands did; removing them is the job of the
+/// roles that stay (`!CleanFiles` with a keep-list rendered from `full_schedule`, see
+/// docs/verwalter.md).
+fn forget_dropped_roles(node: &Node, dir: &Path, roles: &[String]) {
+    let previous_vars = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".vars.json").map(str::to_owned)
+        });
+    let dropped: BTreeSet<String> = {
+        let mut state = node.state();
+        let dropped: BTreeSet<String> = state
+            .roles
+            .keys()
+            .chain(&state.failed_roles)
+            .cloned()
+            .chain(previous_vars)
+            .filter(|role| !roles.contains(role))
+            .collect();
+        for role in &dropped {
+            state.roles.remove(role);
+            state.failed_roles.remove(role);
+        }
+        dropped
+    };
+    for role in dropped {
+        let _ = std::fs::remove_file(dir.join(format!("{role}.vars.json")));
+        let text = format!(
+            "role {role} is no longer scheduled on this host: not rendered, its files are left in place\n"
+        );
+        if let Err(err) = node.log.append(&Stream::Global, &text) {
+            node.set_error("log", Some(err.to_string()));
+        }
+        tracing::info!(role, "role dropped from this host");
+    }
+}
+
 /// Runs `verwalter_render` for one role; the exit code, None if it could not run or was
 /// killed.
-async fn render_role(
-    node: &Node,
-    vars_file: &std::path::Path,
-    schedule_file: &std::path::Path,
-) -> Option<i32> {
+async fn render_role(node: &Node, vars_file: &Path, schedule_file: &Path) -> Option<i32> {
     let settings = &node.settings;
     let mut command = if settings.use_sudo {
         let mut sudo = tokio::process::Command::new("sudo");

@@ -1,5 +1,6 @@
-//! The HTTP API (`/v1/...`, spec §2.8). Write routes need `Content-Type: application/json`
-//! and, when a token is configured, `Authorization: Bearer <token>`.
+//! The HTTP API (`/v1/...`, spec §2.8) and, for every other GET, the web UI's files
+//! (`ui.rs`). Write routes need `Content-Type: application/json` and, when a token is
+//! configured, `Authorization: Bearer <token>`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
@@ -9,7 +10,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path as UrlPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cantal;
 use crate::election::State as ElectionState;
 use crate::node::{self, Node};
-use crate::vars;
+use crate::{ui, vars};
 
 type Shared = Arc<Node>;
 
@@ -66,6 +67,7 @@ pub fn app(node: Shared) -> Router {
         .route("/v1/resume", post(resume))
         .route("/v1/plan", get(plan_get).post(plan_post))
         .route("/v1/log/{kind}/{*path}", get(log_file))
+        .route("/v1/log_files", get(log_files))
         .fallback(not_found)
         .with_state(node);
     Router::new()
@@ -103,7 +105,15 @@ fn ok_json(value: Value) -> Response {
     axum::Json(value).into_response()
 }
 
-async fn not_found() -> Response {
+/// The web UI's files; anything else is a JSON 404.
+async fn not_found(State(node): State<Shared>, method: Method, uri: Uri) -> Response {
+    let readable = method == Method::GET || method == Method::HEAD;
+    if readable
+        && !uri.path().starts_with("/v1/")
+        && let Some(response) = ui::asset(&node.settings.config_dir, uri.path()).await
+    {
+        return response;
+    }
     error(StatusCode::NOT_FOUND, "not found")
 }
 
@@ -674,6 +684,43 @@ pub fn plan_diff(old: &Value, new: &Value) -> Value {
         }
     }
     Value::Object(out)
+}
+
+/// The deployment log files that exist, oldest first, so the UI only asks for those:
+/// `{"index": [..], "global": [..], "changes": [..], "roles": {"<role>": [..]}}`.
+async fn log_files(State(node): State<Shared>) -> Response {
+    let dir = node.log.dir().to_owned();
+    let listing = tokio::task::spawn_blocking(move || {
+        let files = |path: &Path| -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(path)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|entry| entry.file_type().is_ok_and(|t| t.is_file()))
+                .filter_map(|entry| entry.file_name().into_string().ok())
+                .collect();
+            names.sort();
+            names
+        };
+        let mut roles = Map::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if !name.starts_with('.') && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                roles.insert(name, json!(files(&entry.path())));
+            }
+        }
+        json!({
+            "index": files(&dir.join(".index")),
+            "global": files(&dir.join(".global")),
+            "changes": files(&dir.join(".changes")),
+            "roles": roles,
+        })
+    })
+    .await
+    .unwrap_or(Value::Null);
+    ok_json(listing)
 }
 
 /// `/v1/log/{index,global,changes,role,external}/<path>` with `Range` support.

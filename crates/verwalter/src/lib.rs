@@ -24,6 +24,7 @@ pub mod renderer;
 pub mod schedule;
 pub mod scheduler;
 pub mod storage;
+pub mod ui;
 pub mod vars;
 
 /// Version the daemon passes to the renderer (`verwalter_version`), checked by it.

@@ -263,7 +263,8 @@ impl Node {
         }
     }
 
-    /// Makes `schedule` the one in force: stored, backed up, rendered, announced.
+    /// Makes `schedule` the one in force: stored, rendered, announced, then backed up (the
+    /// backups' writes do not delay the announcement).
     pub fn install(&self, schedule: Schedule) {
         if let Err(err) = self.storage.save_schedule(&schedule) {
             tracing::error!(error = %err, "cannot store schedule");
@@ -271,9 +272,14 @@ impl Node {
         }
         self.state().remember(&schedule.stamp.hash);
         tracing::info!(hash = %schedule.stamp.hash, origin = %schedule.stamp.origin, "schedule in force");
-        self.schedule.send_replace(Some(Arc::new(schedule)));
+        let schedule = Arc::new(schedule);
+        self.schedule.send_replace(Some(Arc::clone(&schedule)));
         self.refresh_local();
         self.ping_now.notify_one();
+        if let Err(err) = self.storage.backup_schedule(&schedule) {
+            tracing::error!(error = %err, "cannot back up schedule");
+            self.set_error("storage", Some(err.to_string()));
+        }
     }
 
     pub fn save_actions(&self, actions: &BTreeMap<String, Value>) {
@@ -613,7 +619,9 @@ pub async fn scheduler_loop(node: Arc<Node>, shutdown: CancellationToken) {
 
 /// One scheduler run on the leader, publishing the result unless frozen or unchanged.
 pub async fn schedule_once(node: &Node) {
+    let started = std::time::Instant::now();
     let input = node.scheduler_input(None).await;
+    let input_ready = started.elapsed();
     let used_actions: Vec<String> = input["actions"]
         .as_object()
         .map(|a| a.keys().cloned().collect())
@@ -625,6 +633,7 @@ pub async fn schedule_once(node: &Node) {
         .map(|p| p.stamp.hash.clone())
         .collect();
     let result = node.run_scheduler(input.clone()).await;
+    tracing::debug!(?input_ready, total = ?started.elapsed(), "scheduler run");
     if !node.is_leader() {
         return;
     }

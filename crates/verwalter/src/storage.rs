@@ -26,7 +26,7 @@ const PERIODIC: [(&str, u64, usize); 3] = [
 
 /// A storage operation that failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{action} {path}")]
+#[error("{action} {path}: {source}")]
 pub struct StorageError {
     pub action: &'static str,
     pub path: PathBuf,
@@ -111,10 +111,9 @@ impl Storage {
             .filter(Schedule::is_consistent)
     }
 
-    /// Stores the schedule in force and backs it up.
+    /// Stores the schedule in force (back it up with [`Storage::backup_schedule`]).
     pub fn save_schedule(&self, schedule: &Schedule) -> Result<(), StorageError> {
-        self.write_json("schedule.json", schedule)?;
-        self.backup_schedule(schedule)
+        self.write_json("schedule.json", schedule)
     }
 
     pub fn load_actions(&self) -> BTreeMap<String, Value> {
@@ -138,7 +137,8 @@ impl Storage {
         self.dir.join("backups")
     }
 
-    fn backup_schedule(&self, schedule: &Schedule) -> Result<(), StorageError> {
+    /// Keeps the schedule among the recent and periodic backups.
+    pub fn backup_schedule(&self, schedule: &Schedule) -> Result<(), StorageError> {
         let dir = self.backups_dir();
         let stamp = &schedule.stamp;
         let recent = self.names("recent-");
@@ -269,12 +269,15 @@ impl Storage {
 
 /// Writes `path` through `path.tmp` and a rename, synced.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
-    let tmp = path.with_extension("tmp");
+    // A temporary file of its own per write: two saves of the same file at once must not
+    // rename each other's half-written data.
+    let dir = path.parent().unwrap_or(Path::new("."));
     let write = || -> io::Result<()> {
-        let mut file = File::create(&tmp)?;
+        let mut file = tempfile::NamedTempFile::new_in(dir)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
+        file.as_file().sync_all()?;
+        file.persist(path).map_err(|e| e.error)?;
+        Ok(())
     };
     write().map_err(|source| StorageError {
         action: "write",
@@ -299,9 +302,10 @@ mod tests {
 
         let first = Schedule::new(json!({"v": 1}), 1_000, id);
         let second = Schedule::new(json!({"v": 2}), 2_000, id);
-        storage.save_schedule(&first).unwrap();
-        storage.save_schedule(&second).unwrap();
-        storage.save_schedule(&second).unwrap();
+        for schedule in [&first, &second, &second] {
+            storage.save_schedule(schedule).unwrap();
+            storage.backup_schedule(schedule).unwrap();
+        }
         assert_eq!(storage.load_schedule(), Some(second.clone()));
         let backups = storage.backups();
         let recent: Vec<&BackupInfo> = backups
@@ -330,7 +334,7 @@ mod tests {
         let id = MachineId::from_bytes([3; 16]);
         for n in 0..55 {
             storage
-                .save_schedule(&Schedule::new(json!({"n": n}), 1000 + n, id))
+                .backup_schedule(&Schedule::new(json!({"n": n}), 1000 + n, id))
                 .unwrap();
         }
         assert_eq!(storage.names("recent-").len(), RECENT);

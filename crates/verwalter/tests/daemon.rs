@@ -81,7 +81,8 @@ fn one_node_schedules_renders_and_logs_the_deployment() {
     assert_eq!(schedule["origin"], ID);
     assert!(canonical.contains(r#""n":2"#));
 
-    // The index: DeploymentStart, RoleStart, RoleFinish, DeploymentFinish in order.
+    // The index: DeploymentStart, RoleStart, ActionStart/ActionFinish per command, RoleFinish,
+    // DeploymentFinish in order.
     let log_dir = daemon.dir.join("log");
     let markers = wait_for(
         Duration::from_secs(5),
@@ -100,6 +101,14 @@ fn one_node_schedules_renders_and_logs_the_deployment() {
     assert!(position("DeploymentStart") < position("RoleStart"));
     assert!(position("RoleStart") < position("RoleFinish"));
     assert!(position("RoleFinish") < position("DeploymentFinish"));
+    // Each apply command of the role sits between ActionStart and ActionFinish.
+    let first_action = markers
+        .iter()
+        .position(|m| m["variant"] == "ActionStart")
+        .expect("ActionStart in the index");
+    assert!(position("RoleStart") < first_action);
+    assert_eq!(markers[first_action + 1]["variant"], "ActionFinish");
+    assert!(first_action < position("RoleFinish"));
     assert_eq!(
         fs::read_to_string(node.out.join("../reloads")).unwrap(),
         "reload\n"
@@ -133,7 +142,10 @@ fn one_node_schedules_renders_and_logs_the_deployment() {
             .contains("placed web")
     );
     assert_eq!(daemon.get("/v1/nope").0, 404);
-    assert_eq!(daemon.get("/").0, 404);
+    assert_eq!(daemon.get("/nope.js").0, 404);
+    let (code, index) = daemon.get("/");
+    assert_eq!(code, 200);
+    assert!(index.contains("<title>verwalter</title>"), "{index}");
     let (code, pretty) = daemon.get("/v1/election.pretty");
     assert_eq!(code, 200);
     assert!(pretty.contains("\n  \"epoch\""), "{pretty}");
@@ -554,4 +566,67 @@ fn a_missing_token_file_is_created_private() {
         0o600
     );
     assert_eq!(verwalter::daemon::load_token(&token).unwrap(), created);
+}
+
+/// Roles `web` and `db` (whose template is missing, so it fails) until an action drops `db`.
+const DROPPING_SCHEDULER: &str = r#"
+local function scheduler(input)
+  local with_db = true
+  for _, parent in ipairs(input.parents) do
+    if (parent.vars or {}).with_db == false then with_db = false end
+  end
+  for _, action in pairs(input.actions) do
+    if action.button == "drop_db" then with_db = false end
+  end
+  local roles = {web = {}}
+  if with_db then roles.db = {} end
+  return {
+    vars = {n = 2, counter = 0, with_db = with_db},
+    roles = {web = {template = "web/v1"}, db = {template = "db/v1"}},
+    nodes = {solo = {roles = roles}},
+  }, "ok"
+end
+return {scheduler = scheduler}
+"#;
+
+#[test]
+fn a_role_dropped_from_the_host_is_forgotten_and_its_files_stay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    let out = tmp.path().join("out");
+    write_config(&dir.join("config"), &out);
+    fs::write(dir.join("config/scheduler/v1/main.lua"), DROPPING_SCHEDULER).unwrap();
+    let daemon = Daemon::start(&dir, "127.0.0.1", free_port(), "solo", ID, &[]);
+    wait_leader(&daemon);
+    let conf = out.join("web.conf");
+    wait_file(&conf, "n=2 node=solo counter=0\n", &daemon);
+    wait_for(Duration::from_secs(10), "db in failed_roles", || {
+        let status = daemon.json("/v1/status");
+        (status["failed_roles"] == json!(["db"])).then_some(())
+    });
+    let db_vars = dir.join("run/render/db.vars.json");
+    assert!(db_vars.exists());
+
+    let (code, body) = daemon.post("/v1/action", r#"{"button": "drop_db"}"#);
+    assert_eq!(code, 200, "{body}");
+    let status = wait_for(Duration::from_secs(10), "db forgotten", || {
+        let status = daemon.json("/v1/status");
+        status["failed_roles"]
+            .as_array()?
+            .is_empty()
+            .then_some(status)
+    });
+    assert_eq!(status["roles"], 1, "{status}");
+    assert!(!db_vars.exists(), "the dropped role's vars file is removed");
+    assert!(dir.join("run/render/web.vars.json").exists());
+    let global = fs::read_to_string(dir.join("log/.global/latest")).unwrap();
+    assert!(
+        global.contains("role db is no longer scheduled on this host"),
+        "{global}"
+    );
+    assert_eq!(
+        fs::read_to_string(&conf).unwrap(),
+        "n=2 node=solo counter=0\n",
+        "the remaining role's files stay"
+    );
 }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::runner::{self, PacketCounters, Report, Status, Wiring};
-use super::transport::MemoryNetwork;
+use super::transport::{Faults, FaultyTransport, MemoryNetwork, Transport, UdpTransport};
 use super::{Election, Event, Local, Member, State, Timing, View};
 
 struct Node {
@@ -43,6 +43,20 @@ fn addr(i: usize) -> SocketAddr {
 impl Cluster {
     fn start(size: usize, seed: u64) -> Self {
         let network = MemoryNetwork::new(seed);
+        let addrs = (0..size).map(addr).collect();
+        let endpoints = network.clone();
+        Self::start_with(network, seed, addrs, move |i| endpoints.endpoint(addr(i)))
+    }
+
+    /// Runners at `addrs` over the transports `transport(i)` makes; `network` is the memory
+    /// network they use, if any (partitions and kills act on it).
+    fn start_with<T: Transport>(
+        network: MemoryNetwork,
+        seed: u64,
+        addrs: Vec<SocketAddr>,
+        mut transport: impl FnMut(usize) -> T,
+    ) -> Self {
+        let size = addrs.len();
         let mut nodes = Vec::new();
         for i in 0..size {
             let mut view = View {
@@ -55,7 +69,7 @@ impl Cluster {
                     id(j),
                     Member {
                         dead: false,
-                        addr: Some(addr(j)),
+                        addr: Some(addrs[j]),
                     },
                 );
             }
@@ -79,13 +93,13 @@ impl Cluster {
                 counters: Arc::new(PacketCounters::default()),
                 shutdown: shutdown.clone(),
             };
-            let transport = network.endpoint(addr(i));
+            let transport = transport(i);
             tokio::spawn(async move {
                 runner::run(election, transport, wiring).await;
                 drop(local_tx);
             });
             nodes.push(Node {
-                addr: addr(i),
+                addr: addrs[i],
                 status: status_rx,
                 view: view_tx,
                 reports: reports_rx,
@@ -396,4 +410,44 @@ async fn a_node_alone_elects_itself_after_the_start_wait() {
         took >= Duration::from_millis(500) && took < SECOND,
         "{took:?}"
     );
+}
+
+/// The same runners on real UDP sockets on loopback, in real time, through the fault layer
+/// with 20% loss each way: they elect one leader, and a new one after the leader dies.
+#[tokio::test]
+async fn real_udp_sockets_with_20_percent_loss_elect_and_fail_over() {
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        sockets.push(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs = sockets.iter().map(|s| s.local_addr().unwrap()).collect();
+    let faults = Faults::parse("drop=0.2").unwrap();
+    let mut sockets = sockets.into_iter();
+    let mut drop_counters = Vec::new();
+    let mut cluster = Cluster::start_with(MemoryNetwork::new(0), 21, addrs, |i| {
+        let seed = 21 + u64::try_from(i).unwrap();
+        let transport =
+            FaultyTransport::new(UdpTransport::new(sockets.next().unwrap()), faults, seed);
+        drop_counters.push(transport.drop_counter());
+        transport
+    });
+    let took = cluster
+        .wait_for(20 * SECOND, |c| c.settled().is_some())
+        .await;
+    assert!(took.is_some(), "no single leader within 20 s at 20% loss");
+    let old = cluster.settled().unwrap();
+    let old_epoch = cluster.status(old).epoch;
+    cluster.kill(old);
+    let took = cluster
+        .wait_for(20 * SECOND, |c| c.settled().is_some())
+        .await;
+    assert!(took.is_some(), "no new leader within 20 s at 20% loss");
+    let new = cluster.settled().unwrap();
+    assert_ne!(new, old);
+    assert!(cluster.status(new).epoch > old_epoch);
+    let dropped: u64 = drop_counters
+        .iter()
+        .map(|counter| counter.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert!(dropped > 0, "the fault layer dropped datagrams");
 }

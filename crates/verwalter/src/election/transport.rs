@@ -1,11 +1,12 @@
 //! How election packets travel: real UDP, or an in-memory network with injected faults for
-//! deterministic simulation.
+//! deterministic simulation; [`FaultyTransport`] drops datagrams on either of them (tests).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -49,6 +50,113 @@ impl Transport for UdpTransport {
         let (len, from) = self.socket.recv_from(&mut buffer).await?;
         buffer.truncate(len);
         Ok((from, buffer))
+    }
+}
+
+/// Loss a [`FaultyTransport`] applies: the probability of dropping each incoming and each
+/// outgoing datagram.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Faults {
+    pub drop_in: f64,
+    pub drop_out: f64,
+}
+
+/// A fault spec that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("fault spec {spec:?}: {reason}")]
+pub struct FaultSpecError {
+    pub spec: String,
+    pub reason: String,
+}
+
+impl Faults {
+    /// Parses `drop=0.2` (both ways) or `drop_in=0.1,drop_out=0.05`.
+    pub fn parse(spec: &str) -> Result<Self, FaultSpecError> {
+        let err = |reason: String| FaultSpecError {
+            spec: spec.to_owned(),
+            reason,
+        };
+        let mut faults = Self::default();
+        for item in spec.split(',').filter(|item| !item.trim().is_empty()) {
+            let (name, value) = item
+                .split_once('=')
+                .ok_or_else(|| err(format!("{item:?} is not name=value")))?;
+            let p: f64 = value
+                .trim()
+                .parse()
+                .map_err(|_| err(format!("{value:?} is not a number")))?;
+            if !(0.0..=1.0).contains(&p) {
+                return Err(err(format!("{p} is not within 0..=1")));
+            }
+            match name.trim() {
+                "drop" => (faults.drop_in, faults.drop_out) = (p, p),
+                "drop_in" => faults.drop_in = p,
+                "drop_out" => faults.drop_out = p,
+                other => return Err(err(format!("unknown fault {other:?}"))),
+            }
+        }
+        Ok(faults)
+    }
+}
+
+/// Drops datagrams of an inner transport (real UDP in tests) at random, seeded; without
+/// faults it only forwards.
+#[derive(Debug)]
+pub struct FaultyTransport<T> {
+    inner: T,
+    faults: Faults,
+    rng: Mutex<StdRng>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl<T: Transport> FaultyTransport<T> {
+    pub fn new(inner: T, faults: Faults, seed: u64) -> Self {
+        Self {
+            inner,
+            faults,
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Datagrams dropped so far, both ways.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The drop counter, to read after the transport has moved into a runner.
+    pub fn drop_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.dropped)
+    }
+
+    fn lose(&self, probability: f64) -> bool {
+        let lost = probability > 0.0
+            && self
+                .rng
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .random_bool(probability);
+        if lost {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        lost
+    }
+}
+
+impl<T: Transport> Transport for FaultyTransport<T> {
+    fn send(&self, to: SocketAddr, datagram: &[u8]) {
+        if !self.lose(self.faults.drop_out) {
+            self.inner.send(to, datagram);
+        }
+    }
+
+    async fn recv(&self) -> io::Result<(SocketAddr, Vec<u8>)> {
+        loop {
+            let received = self.inner.recv().await?;
+            if !self.lose(self.faults.drop_in) {
+                return Ok(received);
+            }
+        }
     }
 }
 
@@ -200,7 +308,69 @@ impl Transport for MemoryTransport {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    #[test]
+    fn fault_specs_parse() {
+        assert_eq!(
+            Faults::parse("drop=0.2").unwrap(),
+            Faults {
+                drop_in: 0.2,
+                drop_out: 0.2
+            }
+        );
+        assert_eq!(
+            Faults::parse("drop_in=0.1, drop_out=0").unwrap(),
+            Faults {
+                drop_in: 0.1,
+                drop_out: 0.0
+            }
+        );
+        for bad in ["drop", "drop=x", "drop=1.5", "delay=3"] {
+            assert!(Faults::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn faulty_transport_drops_both_ways_over_udp() {
+        let bind = || async { UdpTransport::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()) };
+        let (a, b) = (bind().await, bind().await);
+        let b_addr = b.local_addr().unwrap();
+        let lossy = FaultyTransport::new(
+            a,
+            Faults {
+                drop_in: 0.0,
+                drop_out: 0.5,
+            },
+            7,
+        );
+        // `try_send_to` needs the reactor to have seen the new socket writable once.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for i in 0..200_u8 {
+            lossy.send(b_addr, &[i]);
+        }
+        let receiver = FaultyTransport::new(
+            b,
+            Faults {
+                drop_in: 0.5,
+                drop_out: 0.0,
+            },
+            8,
+        );
+        let mut received = 0_u64;
+        while tokio::time::timeout(Duration::from_millis(200), receiver.recv())
+            .await
+            .is_ok()
+        {
+            received += 1;
+        }
+        let sent = 200 - lossy.dropped();
+        assert!((60..140).contains(&sent), "sent {sent} of 200");
+        assert_eq!(received + receiver.dropped(), sent);
+        assert!(received > 0 && receiver.dropped() > 0);
+    }
 
     #[tokio::test]
     async fn partitions_and_links_block_delivery() {
