@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(busybox-static uidmap util-linux iproute2 strace python3 gcc libc6-dev debootstrap chromium chromium-driver ruby curl)
+packages=(busybox-static uidmap util-linux iproute2 strace python3 gcc libc6-dev debootstrap chromium chromium-driver ruby curl prometheus)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -69,6 +69,13 @@ pub struct AppReader {
     buffer: Vec<u8>,
     /// Files already warned about, with what for, so each warns once.
     warned: HashSet<(FileId, Stamp, &'static str)>,
+    /// Files opened this scan: warnings about files no longer in use are forgotten.
+    files_this_scan: HashSet<FileId>,
+    /// Refused paths (under their process's root) already warned about, and those refused
+    /// this scan: a path warns once for as long as it stays refused.
+    refused_warned: HashSet<PathBuf>,
+    refused_this_scan: HashSet<PathBuf>,
+    /// Bounds the refusal warnings of many short-lived processes sharing one path.
     log_limit: LogLimit,
 }
 
@@ -80,6 +87,8 @@ impl AppReader {
     /// Starts a scan: values read in the previous one are forgotten.
     pub fn begin_scan(&mut self) {
         self.values_this_scan.clear();
+        self.files_this_scan.clear();
+        self.refused_this_scan.clear();
         for cached in self.metas.values_mut() {
             cached.seen = false;
         }
@@ -88,8 +97,10 @@ impl AppReader {
     /// Ends a scan: metas no process pointed at are dropped.
     pub fn end_scan(&mut self) {
         self.metas.retain(|_, cached| cached.seen);
-        let metas = &self.metas;
-        self.warned.retain(|(id, _, _)| metas.contains_key(id));
+        let files = &self.files_this_scan;
+        self.warned.retain(|(id, _, _)| files.contains(id));
+        let refused = &self.refused_this_scan;
+        self.refused_warned.retain(|path| refused.contains(path));
     }
 
     /// Reads the file pair of `source` inside the directory `root` (`/proc/PID/root`, or `/`).
@@ -104,8 +115,8 @@ impl AppReader {
                 path: root.to_owned(),
                 source,
             })?;
-        let meta = self.meta(&root_dir, &meta_path)?;
-        let values_file = self.open(&root_dir, &values_path)?;
+        let meta = self.meta(root, &root_dir, &meta_path)?;
+        let values_file = self.open(root, &root_dir, &values_path)?;
         let stat = values_file
             .metadata()
             .map_err(|source| AppFileError::Read {
@@ -113,6 +124,7 @@ impl AppReader {
                 source,
             })?;
         let id = (stat.dev(), stat.ino());
+        self.files_this_scan.insert(id);
         if let Some(values) = self.values_this_scan.get(&id) {
             return Ok(Arc::clone(values));
         }
@@ -125,12 +137,18 @@ impl AppReader {
         match values_file.read_exact_at(&mut self.buffer, 0) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                let source = ShortValues {
+                    actual: usize::try_from(stat.size()).unwrap_or(usize::MAX),
+                    needed: meta.values_len,
+                };
+                // Writers rename complete files into place, so a short one is broken rather
+                // than half-written: say so once, and keep checking every scan.
+                self.warn_once(id, (0, 0, 0), "short", || {
+                    tracing::warn!(path = %values_path.display(), error = %source, "skipping metrics values shorter than their meta declares");
+                });
                 return Err(AppFileError::Short {
                     path: values_path,
-                    source: ShortValues {
-                        actual: usize::try_from(stat.size()).unwrap_or(usize::MAX),
-                        needed: meta.values_len,
-                    },
+                    source,
                 });
             }
             Err(source) => {
@@ -154,13 +172,19 @@ impl AppReader {
         Ok(values)
     }
 
-    fn meta(&mut self, root_dir: &File, path: &Path) -> Result<Arc<Meta>, AppFileError> {
-        let mut file = self.open(root_dir, path)?;
+    fn meta(
+        &mut self,
+        root: &Path,
+        root_dir: &File,
+        path: &Path,
+    ) -> Result<Arc<Meta>, AppFileError> {
+        let mut file = self.open(root, root_dir, path)?;
         let stat = file.metadata().map_err(|source| AppFileError::Read {
             path: path.to_owned(),
             source,
         })?;
         let id = (stat.dev(), stat.ino());
+        self.files_this_scan.insert(id);
         let stamp = (stat.size(), stat.mtime(), stat.mtime_nsec());
         let cached = match self.metas.get_mut(&id) {
             Some(cached) if cached.stamp == stamp => cached,
@@ -189,6 +213,11 @@ impl AppReader {
         match &cached.meta {
             Ok(meta) => {
                 let meta = Arc::clone(meta);
+                if meta.slots.is_empty() {
+                    self.warn_once(id, stamp, "empty", || {
+                        tracing::warn!(path = %path.display(), "metrics meta declares no metrics");
+                    });
+                }
                 if !meta.unknown_types.is_empty() {
                     let types = meta.unknown_types.join(", ");
                     self.warn_once(id, stamp, "unknown", || {
@@ -210,18 +239,22 @@ impl AppReader {
         }
     }
 
-    fn open(&mut self, root_dir: &File, path: &Path) -> Result<File, AppFileError> {
+    fn open(&mut self, root: &Path, root_dir: &File, path: &Path) -> Result<File, AppFileError> {
         open_in_root(root_dir, path).map_err(|source| {
             // A symlink or a path escaping the root is refused by the kernel with ELOOP or
-            // EXDEV; that deserves a warning (rate-limited: the process is still there next
+            // EXDEV; that deserves one warning while it lasts (the process is still there next
             // scan). A missing file is the normal state of an app that has not started yet.
             let refused = matches!(source.raw_os_error(), Some(code) if code == Errno::ELOOP as i32 || code == Errno::EXDEV as i32);
-            if refused
-                && let Some(suppressed) =
-                    self.log_limit
-                        .allow("refused", &path.to_string_lossy(), Instant::now())
-            {
-                tracing::warn!(path = %path.display(), error = %source, suppressed, "not following a link in a metrics path");
+            if refused {
+                let seen_at = root.join(path.strip_prefix("/").unwrap_or(path));
+                self.refused_this_scan.insert(seen_at.clone());
+                if self.refused_warned.insert(seen_at)
+                    && let Some(suppressed) =
+                        self.log_limit
+                            .allow("refused", &path.to_string_lossy(), Instant::now())
+                {
+                    tracing::warn!(path = %path.display(), error = %source, suppressed, "not following a link in a metrics path");
+                }
             }
             AppFileError::Open {
                 path: path.to_owned(),

@@ -114,8 +114,8 @@ impl Scanner {
                 .join("root");
             let values = match self.apps.read(&root, source) {
                 Ok(values) => values,
-                // Bad meta and refused links are logged by the reader; a missing or short file
-                // is an app starting, stopping or rewriting, and shows as a gap.
+                // The reader logs what deserves a warning, once per file; a missing file is an
+                // app starting or stopping, and every skipped file shows as a gap.
                 Err(e @ (AppFileError::Open { .. } | AppFileError::Short { .. })) => {
                     tracing::debug!(pid = process.info.pid, error = %e, "no app metrics this scan");
                     continue;

@@ -83,6 +83,33 @@ fn check_exposition(text: &str) -> BTreeMap<String, Vec<(String, f64)>> {
         .collect()
 }
 
+/// `promtool check metrics` (Debian's `prometheus`, installed by tests/run.sh) parses the
+/// exposition. Its exit status 3 reports style lints only (camelCase kernel field names such
+/// as `cantal_memory_MemTotal`, empty HELP); 1 is a parse error.
+fn promtool_parses(text: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (tests/run.sh installs Debian's prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        matches!(output.status.code(), Some(0 | 3)) && !stderr.contains("error while linting"),
+        "promtool rejects /metrics: {:?} {stderr}",
+        output.status
+    );
+}
+
 #[tokio::test]
 async fn http_api_answers() {
     let agent = Agent::start_local(&["--cluster-name", "t", "--interval", "500"]);
@@ -142,6 +169,7 @@ async fn http_api_answers() {
     let (status, text) = get(&url("/metrics")).await;
     assert_eq!(status, 200);
     let families = check_exposition(&text);
+    promtool_parses(&text);
     for name in [
         "cantal_cpu_user_total",
         "cantal_memory_MemTotal",
@@ -163,6 +191,7 @@ async fn http_api_answers() {
     )
     .await;
     assert!(open.ends_with("# EOF\n"));
+    promtool_parses(&open);
     assert!(open.contains("# TYPE cantal_cpu_user counter"));
 
     let (status, body) = post(&url("/add_host.json"), "{not json").await;

@@ -81,14 +81,20 @@ fn python_app(dir: &std::path::Path) -> Child {
     child
 }
 
-/// The libcantal program: re-runs this test binary in the ignored `libcantal_writer` test,
-/// which publishes metrics until its stdin closes, then drops the collection and exits.
+/// A libcantal program: re-runs this test binary in the ignored test `writer`, which
+/// publishes metrics at `base` until its stdin closes, then drops the collection and exits.
 /// The child and its stdout, kept open so the test harness in it can still print.
-fn libcantal_app(dir: &std::path::Path) -> (Child, std::io::BufReader<std::process::ChildStdout>) {
+fn libcantal_app(
+    writer: &str,
+    base: &std::path::Path,
+    appname: &str,
+    layout: &str,
+) -> (Child, std::io::BufReader<std::process::ChildStdout>) {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "libcantal_writer", "--nocapture"])
-        .env("CANTAL_PATH", dir.join("rs"))
-        .env("CANTAL_APPNAME", "rs")
+        .args(["--ignored", "--exact", writer, "--nocapture"])
+        .env("CANTAL_PATH", base)
+        .env(LAYOUT_VAR, layout)
+        .env("CANTAL_APPNAME", appname)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -103,6 +109,15 @@ fn libcantal_app(dir: &std::path::Path) -> (Child, std::io::BufReader<std::proce
         );
     }
     (child, out)
+}
+
+/// Tells a writer started by [`libcantal_app`] it is published, then waits for stdin to close.
+fn published_until_stdin_closes(active: &libcantal::ActiveCollection) {
+    active.flush().unwrap();
+    println!("published");
+    std::io::stdout().flush().unwrap();
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut rest);
 }
 
 #[test]
@@ -129,11 +144,154 @@ fn libcantal_writer() {
     queue.decr(1);
     load.set(0.25);
     phase.enter("ready");
-    active.flush().unwrap();
-    println!("published");
-    std::io::stdout().flush().unwrap();
-    let mut rest = String::new();
-    let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut rest);
+    published_until_stdin_closes(&active);
+}
+
+/// Which layout `libcantal_layout_writer` publishes.
+const LAYOUT_VAR: &str = "CANTAL_TEST_LAYOUT";
+
+/// The two layouts of C12, as (metric, is counter, value). The second puts `0first` before
+/// `a`, so `a` moves to another offset and `b`'s offset now holds `a`.
+fn layout(which: &str) -> &'static [(&'static str, bool, i64)] {
+    match which {
+        "1" => &[("a", true, 111), ("b", false, -222)],
+        "2" => &[("0first", false, -555), ("a", true, 444), ("c", true, 333)],
+        other => panic!("no layout {other:?}"),
+    }
+}
+
+#[test]
+#[ignore = "the restarting program of `restart_with_a_new_layout_then_clean_exit`, run by it"]
+fn libcantal_layout_writer() {
+    let mut collection = libcantal::Collection::new();
+    for &(metric, is_counter, value) in layout(&std::env::var(LAYOUT_VAR).unwrap()) {
+        let name = format!(r#"{{"metric": "{metric}"}}"#);
+        if is_counter {
+            let counter = libcantal::Counter::new();
+            counter.incr(value.unsigned_abs());
+            collection.add(&name, &counter).unwrap();
+        } else {
+            let level = libcantal::Integer::new();
+            level.set(value);
+            collection.add(&name, &level).unwrap();
+        }
+    }
+    published_until_stdin_closes(&libcantal::start(&collection).unwrap());
+}
+
+/// C12: the app stops cleanly and starts again with a different layout at the same path,
+/// then exits. Every sample the agent kept is the value its own run wrote under that name
+/// (a value read at another run's offsets would differ), the first run's series end, and
+/// each exit removes both files.
+#[tokio::test]
+async fn restart_with_a_new_layout_then_clean_exit() {
+    let apps = tempfile::tempdir().unwrap();
+    let base = apps.path().join("c12");
+    let files_gone =
+        || !apps.path().join("c12.meta").exists() && !apps.path().join("c12.values").exists();
+    let agent = Agent::start_local(&["--interval", "500"]);
+    wait_ready(&agent).await;
+    let all_url = format!("{}/all_metrics.json", agent.url);
+    let tip_of = |all: &Json| -> Vec<(String, String, Json)> {
+        all["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|row| row[0]["appname"] == "c12")
+            .map(|row| {
+                let pid = row[0]["pid"].as_str().unwrap().to_owned();
+                let metric = row[0]["metric"].as_str().unwrap().to_owned();
+                (pid, metric, row[2].clone())
+            })
+            .collect()
+    };
+    let shows = |pid: u32, which: &str, tip: &[(String, String, Json)]| {
+        layout(which).iter().all(|&(metric, is_counter, value)| {
+            let expected = if is_counter {
+                serde_json::json!({"Counter": value})
+            } else {
+                serde_json::json!({"Integer": value})
+            };
+            tip.iter()
+                .any(|(p, m, v)| *p == pid.to_string() && m == metric && *v == expected)
+        })
+    };
+
+    let (mut first, _first_out) = libcantal_app("libcantal_layout_writer", &base, "c12", "1");
+    let first_pid = first.id();
+    let seen = eventually(Duration::from_secs(10), || async {
+        shows(first_pid, "1", &tip_of(&get_json(&all_url).await))
+    })
+    .await;
+    assert!(seen, "first run not read; log:\n{}", agent.log());
+
+    drop(first.stdin.take());
+    assert!(first.wait().unwrap().success());
+    assert!(files_gone(), "the first run left its files");
+    let (mut second, _second_out) = libcantal_app("libcantal_layout_writer", &base, "c12", "2");
+    let second_pid = second.id();
+    let switched = eventually(Duration::from_secs(10), || async {
+        let tip = tip_of(&get_json(&all_url).await);
+        shows(second_pid, "2", &tip) && tip.iter().all(|(pid, _, _)| *pid == second_pid.to_string())
+    })
+    .await;
+    assert!(
+        switched,
+        "second run not read alone: {:?}",
+        tip_of(&get_json(&all_url).await)
+    );
+    // A few more scans of the second run, then its clean exit.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(second.stdin.take());
+    assert!(second.wait().unwrap().success());
+    assert!(files_gone(), "the second run left its files");
+    let ended = eventually(Duration::from_secs(5), || async {
+        tip_of(&get_json(&all_url).await).is_empty()
+    })
+    .await;
+    assert!(
+        ended,
+        "series outlive the app: {:?}",
+        tip_of(&get_json(&all_url).await)
+    );
+
+    // The whole history: every sample is its own run's value for that name.
+    let (status, body) = common::post(
+        &format!("{}/query.json", agent.url),
+        r#"{"rules": {"c12": {"source": "fine", "condition": ["eq", "appname", "c12"], "expect": "multi_series", "points": 200}}}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Json = serde_json::from_str(&body).unwrap();
+    let series = answer["dataset"]["c12"]["series"].as_array().unwrap();
+    let mut samples = [0usize; 2];
+    for pair in series {
+        let (key, values) = (&pair[0], pair[1].as_array().unwrap());
+        let pid: u32 = key["pid"].as_str().unwrap().parse().unwrap();
+        let run = if pid == first_pid { 0 } else { 1 };
+        assert!(
+            run == 0 || pid == second_pid,
+            "a series of another pid: {key}"
+        );
+        let metric = key["metric"].as_str().unwrap();
+        let expected = layout(["1", "2"][run])
+            .iter()
+            .find(|(m, _, _)| *m == metric)
+            .unwrap_or_else(|| panic!("{metric} is not in run {}'s layout: {key}", run + 1))
+            .2;
+        for value in values.iter().filter(|v| !v.is_null()) {
+            assert_eq!(value.as_f64(), Some(expected as f64), "{key}: {values:?}");
+            samples[run] += 1;
+        }
+        assert!(
+            values.last().unwrap().is_null(),
+            "{key} did not end: {values:?}"
+        );
+    }
+    assert!(
+        samples[0] > 0 && samples[1] > 0,
+        "history is missing a run: {series:?}"
+    );
 }
 
 fn metric_value(all: &Json, appname: &str, fields: &[(&str, &str)]) -> Option<Json> {
@@ -154,7 +312,8 @@ fn sample(text: &str, prefix: &str) -> Option<f64> {
 async fn python_and_libcantal_apps_show_up() {
     let apps = tempfile::tempdir().unwrap();
     let mut python = python_app(apps.path());
-    let (mut rust, _rust_stdout) = libcantal_app(apps.path());
+    let (mut rust, _rust_stdout) =
+        libcantal_app("libcantal_writer", &apps.path().join("rs"), "rs", "");
     let agent = Agent::start_local(&["--interval", "500"]);
     wait_ready(&agent).await;
 
@@ -273,21 +432,40 @@ async fn python_and_libcantal_apps_show_up() {
     python.wait().unwrap();
 }
 
+/// C13: one app per kind of corrupt file pair, beside a good app, scanned many times.
+/// Every bad pair gives no series (or the values §4 promises) and exactly one log line
+/// however many scans pass; the good app is read in the same scans; the canary file that a
+/// symlinked meta points at is never read.
 #[tokio::test]
-async fn bad_files_are_skipped_and_good_ones_read() {
+async fn corrupt_files_are_skipped_with_one_warning_each() {
     let apps = tempfile::tempdir().unwrap();
     let dir = apps.path();
-    let secret = dir.join("secret");
-    std::fs::write(&secret, "counter 8: {\"metric\": \"canary\"}").unwrap();
-    std::fs::write(dir.join("secret.values"), [9u8; 8]).unwrap();
-    let pairs: [(&str, &[u8], &[u8]); 5] = [
+    let canary = dir.join("canary");
+    std::fs::write(
+        with_suffix(&canary, ".meta"),
+        "counter 8: {\"metric\": \"canary\"}",
+    )
+    .unwrap();
+    std::fs::write(with_suffix(&canary, ".values"), 9u64.to_ne_bytes()).unwrap();
+
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut bad_state = now_ms.to_ne_bytes().to_vec();
+    bad_state.extend_from_slice(b"ok\xff\xfe!");
+    bad_state.resize(64, 0);
+    let mut unknown_values = vec![0xee; 16];
+    unknown_values.extend_from_slice(&5u64.to_ne_bytes());
+    let pairs: [(&str, &[u8], &[u8]); 6] = [
         ("short", b"counter 8: {\"metric\": \"short\"}", &[1, 2, 3]),
         ("badline", b"counter 8 {\"metric\": \"bad\"}", &[0; 8]),
         (
             "unknown",
             b"histogram 16: {\"metric\": \"h\"}\ncounter 8: {\"metric\": \"after_unknown\"}",
-            &[0; 24],
+            &unknown_values,
         ),
+        ("badutf8", b"state 64: {\"state\": \"phase\"}", &bad_state),
         ("empty", b"", b""),
         (
             "good",
@@ -295,24 +473,39 @@ async fn bad_files_are_skipped_and_good_ones_read() {
             &7u64.to_ne_bytes(),
         ),
     ];
-    let mut children = Vec::new();
+    let mut children = Children(Vec::new());
     for (name, meta, values) in pairs {
-        std::fs::write(dir.join(format!("{name}.meta")), meta).unwrap();
-        std::fs::write(dir.join(format!("{name}.values")), values).unwrap();
-        children.push(spawn_sleeper(&dir.join(name), name));
+        let base = dir.join(name);
+        std::fs::write(with_suffix(&base, ".meta"), meta).unwrap();
+        std::fs::write(with_suffix(&base, ".values"), values).unwrap();
+        children.0.push(spawn_sleeper(&base, name));
     }
-    std::os::unix::fs::symlink(&secret, dir.join("link.meta")).unwrap();
-    std::os::unix::fs::symlink(dir.join("secret.values"), dir.join("link.values")).unwrap();
-    children.push(spawn_sleeper(&dir.join("link"), "link"));
+    // 100 MB of values, sparse: only the 8 bytes the meta declares are read.
+    let huge = dir.join("huge");
+    std::fs::write(
+        with_suffix(&huge, ".meta"),
+        "counter 8: {\"metric\": \"huge\"}",
+    )
+    .unwrap();
+    let values = std::fs::File::create(with_suffix(&huge, ".values")).unwrap();
+    values.set_len(100 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&values, &11u64.to_ne_bytes(), 0).unwrap();
+    children.0.push(spawn_sleeper(&huge, "huge"));
+    children.0.push(symlinked_app(dir, &canary));
 
     let agent = Agent::start_local(&["--interval", "500"]);
     wait_ready(&agent).await;
     let all_url = format!("{}/all_metrics.json", agent.url);
     let good = eventually(Duration::from_secs(10), || async {
-        metric_value(&get_json(&all_url).await, "good", &[("metric", "good")]).is_some()
+        let all = get_json(&all_url).await;
+        metric_value(&all, "good", &[("metric", "good")]).is_some()
+            && metric_value(&all, "badutf8", &[("state", "phase")]).is_some()
     })
     .await;
-    assert!(good, "good app missing; log:\n{}", agent.log());
+    assert!(good, "good apps missing; log:\n{}", agent.log());
+    // Many more scans: warnings must not repeat.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
     let all = get_json(&all_url).await;
     assert_eq!(
         metric_value(&all, "good", &[("metric", "good")]),
@@ -320,7 +513,16 @@ async fn bad_files_are_skipped_and_good_ones_read() {
     );
     assert_eq!(
         metric_value(&all, "unknown", &[("metric", "after_unknown")]),
-        Some(serde_json::json!({"Counter": 0}))
+        Some(serde_json::json!({"Counter": 5})),
+        "the unknown slot is skipped by its length"
+    );
+    assert_eq!(
+        metric_value(&all, "huge", &[("metric", "huge")]),
+        Some(serde_json::json!({"Counter": 11}))
+    );
+    assert_eq!(
+        metric_value(&all, "badutf8", &[("state", "phase")]).unwrap()["State"][1],
+        "ok\u{fffd}\u{fffd}!"
     );
     for app in ["short", "badline", "empty", "link"] {
         assert!(
@@ -332,19 +534,77 @@ async fn bad_files_are_skipped_and_good_ones_read() {
             "{app} should have no series"
         );
     }
-    assert!(!all.to_string().contains("canary"));
+    assert!(!all.to_string().contains("canary"), "the canary was read");
+
     let log = agent.log();
-    assert!(log.contains("skipping bad metrics file"), "{log}");
-    assert!(log.contains("unknown types"), "{log}");
-    assert_eq!(
-        log.matches("skipping bad metrics file").count(),
-        1,
-        "warned more than once: {log}"
-    );
-    for mut child in children {
-        let _ = child.kill();
-        let _ = child.wait();
+    let lines_about = |app: &str| {
+        log.lines()
+            .filter(|line| line.contains(&format!("/{app}.")))
+            .count()
+    };
+    for (app, what) in [
+        ("short", "shorter than their meta"),
+        ("badline", "skipping bad metrics file"),
+        ("unknown", "unknown types"),
+        ("empty", "declares no metrics"),
+        ("link", "not following a link"),
+        ("huge", "exceeds 4 MiB"),
+    ] {
+        assert_eq!(lines_about(app), 1, "{app}: not one line:\n{log}");
+        assert!(
+            log.lines()
+                .any(|line| line.contains(&format!("/{app}.")) && line.contains(what)),
+            "{app}: no {what:?} line:\n{log}"
+        );
     }
+    for app in ["good", "badutf8"] {
+        assert_eq!(lines_about(app), 0, "{app} logged:\n{log}");
+    }
+}
+
+/// Processes killed when the test ends, passed or not.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An app whose `.meta` and `.values` are symlinks to the canary pair. As root it runs in a
+/// chroot (busybox inside), so the canary is outside its root as well as behind a link;
+/// otherwise it shares the test's root and only the link is refused.
+fn symlinked_app(dir: &std::path::Path, canary: &std::path::Path) -> Child {
+    let link_to_canary = |base: &std::path::Path| {
+        for suffix in [".meta", ".values"] {
+            std::os::unix::fs::symlink(with_suffix(canary, suffix), with_suffix(base, suffix))
+                .unwrap();
+        }
+    };
+    if !common::is_root() {
+        link_to_canary(&dir.join("link"));
+        return spawn_sleeper(&dir.join("link"), "link");
+    }
+    let jail = dir.join("jail");
+    std::fs::create_dir_all(jail.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", jail.join("bin/busybox")).expect("busybox-static installed");
+    link_to_canary(&jail.join("link"));
+    Command::new("chroot")
+        .arg(&jail)
+        .args(["/bin/busybox", "sleep", "60"])
+        .env("CANTAL_PATH", "/link")
+        .env("CANTAL_APPNAME", "link")
+        .spawn()
+        .unwrap()
+}
+
+fn with_suffix(base: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
 }
 
 fn spawn_sleeper(path: &std::path::Path, appname: &str) -> Child {

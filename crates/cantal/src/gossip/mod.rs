@@ -12,7 +12,7 @@ pub mod node_info;
 pub mod peers;
 pub mod transport;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::Arc;
@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant as StdInstant};
 
 use foca::{
-    Codec, Config, Foca, Message, OwnedNotification, PeriodicParams, PostcardCodec, State, Timer,
+    Codec, Config, Foca, Member as FocaMember, Message, OwnedNotification, PeriodicParams,
+    PostcardCodec, State, Timer,
 };
 use protocol::domain::{MachineId, PeerState};
 use rand::rngs::StdRng;
@@ -181,6 +182,15 @@ struct Join {
 
 type FocaInstance = Foca<NodeId, PostcardCodec, StdRng, InfoHandler>;
 
+/// A member learned from others that has to answer before a deadline (see
+/// [`Gossip::verify_members`]).
+#[derive(Debug)]
+struct Unverified {
+    node: NodeId,
+    attempts: u32,
+    due: Instant,
+}
+
 /// The gossip loop's state.
 pub struct Gossip {
     config: GossipConfig,
@@ -207,6 +217,23 @@ pub struct Gossip {
     suspicions: HashMap<NodeId, (u16, Instant)>,
     stats_changed: bool,
     reconcile_due: Option<Instant>,
+    /// After joining a large cluster, announces to a few more members until then: one
+    /// member's feed holds only as many members as fit in a packet (about 25), so a
+    /// newcomer would otherwise miss some until they probe it. (next announcement, end)
+    catch_up: Option<(Instant, Instant)>,
+    /// How long the last reconcile took.
+    reconcile_cost: Duration,
+    /// Addresses of members that sent us a datagram foca accepted.
+    heard: HashSet<SocketAddr>,
+    /// Members being checked because there are more than `max_peers`, oldest deadline first.
+    unverified: VecDeque<Unverified>,
+    unverified_addrs: HashSet<SocketAddr>,
+    verify_next: Instant,
+    /// New members are checked until then: the last time there were more than `max_peers`,
+    /// plus [`FLOOD_MEMORY`] (the rest of a flood trickles in through gossip).
+    verify_until: Instant,
+    /// Silent members declared dead since the checks last ran dry.
+    declared_dead: u64,
     leaving: bool,
     rng: StdRng,
     log_limit: LogLimit,
@@ -229,8 +256,27 @@ const RECEIVE_RETRY: Duration = Duration::from_millis(100);
 const SUSPICION_MARGIN: f64 = 1.5;
 /// Delay between foca changing and the peer table following.
 const RECONCILE_DELAY: Duration = Duration::from_millis(20);
+/// At least this many times the last reconcile's duration passes between two, so a huge
+/// membership (a flood of made-up members) cannot keep the loop busy reconciling.
+const RECONCILE_COST_FACTOR: u32 = 4;
 /// Probes older than this never get their round trip measured.
 const PING_MEMORY: Duration = Duration::from_secs(10);
+/// How long a node whose cluster grew past [`TRUNCATED_FEED`] asks more members for their
+/// member lists, and how often.
+const CATCH_UP: Duration = Duration::from_secs(4);
+const CATCH_UP_PERIOD: Duration = Duration::from_secs(1);
+/// A member list this long may have been cut to fit its packet (about 25 members): a node
+/// whose cluster grows past it catches up.
+const TRUNCATED_FEED: usize = 20;
+/// A member that never answers this many announcements, one per interval, is declared dead
+/// (only while there are more members than `--max-peers`).
+const VERIFY_ATTEMPTS: u32 = 3;
+const VERIFY_INTERVAL: Duration = Duration::from_secs(1);
+/// Announcements sent per batch, and the pause between batches (2000 a second).
+const VERIFY_BATCH: usize = 200;
+const VERIFY_PACE: Duration = Duration::from_millis(100);
+/// How long members keep being checked after their number last exceeded `--max-peers`.
+const FLOOD_MEMORY: Duration = Duration::from_secs(60);
 
 impl Gossip {
     /// Builds the loop and the handle the APIs use. `wall_now_ms` is the wall-clock time now.
@@ -299,6 +345,14 @@ impl Gossip {
             suspicions: HashMap::new(),
             stats_changed: false,
             reconcile_due: None,
+            catch_up: None,
+            reconcile_cost: Duration::ZERO,
+            heard: HashSet::new(),
+            unverified: VecDeque::new(),
+            unverified_addrs: HashSet::new(),
+            verify_next: now,
+            verify_until: now,
+            declared_dead: 0,
             leaving: false,
             rng,
             log_limit: LogLimit::new(),
@@ -376,7 +430,10 @@ impl Gossip {
         };
         let (bad, reached_foca) = match frame::classify(datagram, &self.cluster_hash, decodes) {
             Ok(payload) => match self.foca.handle_data(payload, &mut self.effects) {
-                Ok(()) => return true,
+                Ok(()) => {
+                    self.heard.insert(from);
+                    return true;
+                }
                 Err(foca::Error::DataTooBig) => (BadPacket::Oversized, true),
                 // foca may have applied part of the packet before failing on the rest.
                 Err(
@@ -422,11 +479,23 @@ impl Gossip {
             .values()
             .map(|(_, deadline)| *deadline)
             .min();
-        [Some(self.info_due), joins, pings, suspicions]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(self.info_due)
+        let catch_up = self.catch_up.map(|(next, _)| next);
+        let verify = self
+            .unverified
+            .front()
+            .map(|member| member.due.max(self.verify_next));
+        [
+            Some(self.info_due),
+            joins,
+            pings,
+            suspicions,
+            catch_up,
+            verify,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(self.info_due)
     }
 
     fn housekeeping(&mut self) {
@@ -460,8 +529,72 @@ impl Gossip {
         if now >= self.info_due {
             self.announce_info(now, false);
         }
+        if let Some((next, until)) = self.catch_up
+            && now >= next
+        {
+            self.catch_up = (now < until).then_some((now + CATCH_UP_PERIOD, until));
+            let active: Vec<NodeId> = self.foca.iter_members().map(|m| m.id().clone()).collect();
+            if now < until && !active.is_empty() {
+                // Spread over the members without drawing from the shared generator.
+                let turn =
+                    usize::try_from(until.saturating_duration_since(now).as_secs()).unwrap_or(0);
+                let member = active[turn % active.len()].clone();
+                if let Err(e) = self.foca.announce(member, &mut self.effects) {
+                    tracing::debug!(error = %e, "catch-up announce");
+                }
+            }
+        }
         self.pings
             .retain(|_, sent| now.duration_since(*sent) < PING_MEMORY);
+        self.verify_members(now);
+    }
+
+    /// Checks members that others told us about but that never sent us anything, while
+    /// there are more members than `--max-peers` (a flood of made-up members, which foca
+    /// alone would probe one a second): each gets an announcement, which a real agent
+    /// answers with its member list; one that stays silent through every attempt is
+    /// declared dead, and the verdict is gossiped: it replaces the alive update still
+    /// queued for dissemination, so the fakes stop spreading.
+    fn verify_members(&mut self, now: Instant) {
+        if now < self.verify_next {
+            return;
+        }
+        let mut budget = VERIFY_BATCH;
+        while budget > 0 && self.unverified.front().is_some_and(|m| m.due <= now) {
+            let Some(mut member) = self.unverified.pop_front() else {
+                break;
+            };
+            let addr = member.node.addr;
+            if self.heard.contains(&addr) {
+                self.unverified_addrs.remove(&addr);
+                continue;
+            }
+            if member.attempts >= VERIFY_ATTEMPTS {
+                self.unverified_addrs.remove(&addr);
+                self.declared_dead += 1;
+                let down = std::iter::once(FocaMember::down(member.node));
+                if let Err(e) = self.foca.apply_many(down, true, &mut self.effects) {
+                    tracing::debug!(%addr, error = %e, "declaring an unverified member dead");
+                }
+                continue;
+            }
+            if let Err(e) = self.foca.announce(member.node.clone(), &mut self.effects) {
+                tracing::debug!(%addr, error = %e, "verifying announce");
+            }
+            member.attempts += 1;
+            member.due = now + VERIFY_INTERVAL;
+            self.unverified.push_back(member);
+            budget -= 1;
+        }
+        if budget == 0 {
+            self.verify_next = now + VERIFY_PACE;
+        }
+        if self.unverified.is_empty() && self.declared_dead > 0 {
+            tracing::warn!(
+                dead = std::mem::take(&mut self.declared_dead),
+                "checked the members never heard from; declared the silent ones dead"
+            );
+        }
     }
 
     /// Declares dead the members whose suspicion nobody refuted in time.
@@ -613,11 +746,19 @@ impl Gossip {
         // Members change in bursts (one packet often carries several updates); the table
         // follows shortly after, well within the 100 ms promised to subscribers.
         if self.reconcile_due.is_none() {
-            self.reconcile_due = Some(now + RECONCILE_DELAY);
+            let delay = RECONCILE_DELAY.max(self.reconcile_cost * RECONCILE_COST_FACTOR);
+            self.reconcile_due = Some(now + delay);
         }
     }
 
     fn reconcile(&mut self, now_ms: u64) {
+        // The simulation's paused clock makes this zero, keeping it deterministic.
+        let started = Instant::now();
+        self.reconcile_table(now_ms);
+        self.reconcile_cost = started.elapsed();
+    }
+
+    fn reconcile_table(&mut self, now_ms: u64) {
         let fingerprint: Vec<(NodeId, State, u16)> = self
             .foca
             .iter_membership_state()
@@ -659,18 +800,55 @@ impl Gossip {
             });
         }
         self.update_conflict(conflict, now_ms);
-        let addrs: Vec<SocketAddr> = members.iter().map(|m| m.node.addr).collect();
+        let addrs: HashSet<SocketAddr> = members.iter().map(|m| m.node.addr).collect();
         self.stats.retain(|addr, _| addrs.contains(addr));
+        self.heard.retain(|addr| addrs.contains(addr));
+        let now = Instant::now();
+        if self.foca.num_members() > self.config.max_peers {
+            if now >= self.verify_until {
+                tracing::warn!(
+                    members = self.foca.num_members(),
+                    max_peers = self.config.max_peers,
+                    "more members than --max-peers; checking those never heard from"
+                );
+            }
+            self.verify_until = now + FLOOD_MEMORY;
+        }
+        if now < self.verify_until {
+            for member in self.foca.iter_members() {
+                let addr = member.id().addr;
+                if !self.heard.contains(&addr) && self.unverified_addrs.insert(addr) {
+                    self.unverified.push_back(Unverified {
+                        node: member.id().clone(),
+                        attempts: 0,
+                        due: now,
+                    });
+                }
+            }
+        }
         self.infos
             .retain(|addr| addrs.contains(addr) || *addr == own.addr);
         let infos = &self.infos;
         let stats = &self.stats;
         let conflict = self.conflict.clone();
+        let unverified = &self.unverified_addrs;
         self.membership.peers.update(|table, events| {
+            // Members still being checked are not listed yet: a flood never reaches the
+            // table (or the `WatchPeers` stream), and a real member is listed once it answers.
+            let members: Vec<Member> = members
+                .into_iter()
+                .filter(|m| {
+                    !unverified.contains(&m.node.addr) || table.get(&m.node.machine_id()).is_some()
+                })
+                .collect();
             table.reconcile(members, infos, infos_changed, stats, now_ms, events);
             table.conflict = conflict;
         });
         let size = self.foca.num_members() + 1;
+        if self.cluster_size <= TRUNCATED_FEED && size > TRUNCATED_FEED {
+            let now = Instant::now();
+            self.catch_up = Some((now + CATCH_UP_PERIOD, now + CATCH_UP));
+        }
         if size != self.cluster_size {
             self.cluster_size = size;
             if let Err(e) = self.foca.set_config(foca_config(&self.config.timing, size)) {

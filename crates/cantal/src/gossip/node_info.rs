@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use foca::{BroadcastHandler, Invalidates};
 use serde::{Deserialize, Serialize};
+use tokio::time::{Duration, Instant};
 
 use super::identity::NodeId;
 
@@ -13,6 +14,10 @@ use super::identity::NodeId;
 pub const MAX_NAME: usize = 255;
 /// Most addresses announced.
 pub const MAX_ADDRESSES: usize = 16;
+/// How long an info outlives not being a member: a node's announcement often arrives before
+/// the update that makes it a member, and dropping it then would leave the name unknown
+/// until the next periodic announcement.
+pub const NON_MEMBER_GRACE: Duration = Duration::from_secs(10);
 
 /// A node's self-description: names, addresses and its report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +97,8 @@ pub struct InfoStore {
 
 #[derive(Debug, Default)]
 struct InfoMap {
-    infos: HashMap<SocketAddr, NodeInfo>,
+    /// The info and when it arrived.
+    infos: HashMap<SocketAddr, (NodeInfo, Instant)>,
     changed: bool,
     capacity: usize,
 }
@@ -113,7 +119,7 @@ impl InfoStore {
     }
 
     pub fn get(&self, addr: &SocketAddr) -> Option<NodeInfo> {
-        self.lock().infos.get(addr).cloned()
+        self.lock().infos.get(addr).map(|(info, _)| info.clone())
     }
 
     /// Whether anything arrived since the last call.
@@ -121,9 +127,12 @@ impl InfoStore {
         std::mem::take(&mut self.lock().changed)
     }
 
-    /// Forgets addresses no member has any more.
-    pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
-        self.lock().infos.retain(|addr, _| keep(addr));
+    /// Forgets addresses no member has (after [`NON_MEMBER_GRACE`]).
+    pub fn retain(&self, is_member: impl Fn(&SocketAddr) -> bool) {
+        let now = Instant::now();
+        self.lock().infos.retain(|addr, (_, arrived)| {
+            is_member(addr) || now.duration_since(*arrived) < NON_MEMBER_GRACE
+        });
     }
 }
 
@@ -147,7 +156,7 @@ impl BroadcastHandler<NodeId> for InfoHandler {
         let ((node, version), _): ((NodeId, u64), _) = postcard::take_from_bytes(data)?;
         {
             let map = self.store.lock();
-            if let Some(known) = map.infos.get(&node.addr)
+            if let Some((known, _)) = map.infos.get(&node.addr)
                 && known.key().order >= (node.boot_ms, node.nonce, version)
             {
                 return Ok(None);
@@ -156,7 +165,7 @@ impl BroadcastHandler<NodeId> for InfoHandler {
         let info: NodeInfo = postcard::from_bytes(data)?;
         let key = info.key();
         let mut map = self.store.lock();
-        if let Some(known) = map.infos.get(&info.node.addr)
+        if let Some((known, _)) = map.infos.get(&info.node.addr)
             && known.key().order >= key.order
         {
             return Ok(None);
@@ -165,7 +174,8 @@ impl BroadcastHandler<NodeId> for InfoHandler {
             // A flood of fake announcements must not grow memory; real nodes re-announce.
             return Ok(None);
         }
-        map.infos.insert(info.node.addr, info.bounded());
+        map.infos
+            .insert(info.node.addr, (info.bounded(), Instant::now()));
         map.changed = true;
         Ok(Some(key))
     }
@@ -236,5 +246,27 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn infos_of_non_members_wait_for_the_membership() {
+        let store = InfoStore::new(10);
+        let mut handler = InfoHandler {
+            store: store.clone(),
+        };
+        let addr = "10.0.0.1:22682".parse().unwrap();
+        handler
+            .receive_item(&postcard::to_allocvec(&info(1)).unwrap(), None)
+            .unwrap();
+        store.retain(|_| false);
+        assert!(
+            store.get(&addr).is_some(),
+            "dropped before its member arrived"
+        );
+        tokio::time::advance(NON_MEMBER_GRACE).await;
+        store.retain(|a| *a == addr);
+        assert!(store.get(&addr).is_some(), "a member's info is kept");
+        store.retain(|_| false);
+        assert!(store.get(&addr).is_none(), "kept past the grace");
     }
 }

@@ -256,7 +256,11 @@ impl PeerTable {
                     }
                 }
                 None => {
-                    if self.entries.len() >= self.max_peers && !self.evict_oldest_dead(events) {
+                    // A full table makes room for a live newcomer only; a dead one replacing
+                    // another dead one would churn the table at every step of a flood.
+                    if self.entries.len() >= self.max_peers
+                        && (member.state == PeerState::Dead || !self.evict_oldest_dead(events))
+                    {
                         continue;
                     }
                     let entry = PeerEntry {

@@ -41,7 +41,11 @@ impl Agent {
     /// Starts `cantal-agent` on 127.0.0.1 with `extra` arguments and its own socket; the
     /// machine id derives from the port unless `extra` gives one.
     pub fn start_local(extra: &[&str]) -> Self {
-        let port = free_port();
+        Self::start_on(free_port(), extra, &[])
+    }
+
+    /// [`Agent::start_local`] on a given port, with `env` added to the agent's environment.
+    pub fn start_on(port: u16, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
         let mut command = Command::new(AGENT);
@@ -56,6 +60,7 @@ impl Agent {
             .args(["--log-format", "json"])
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::File::create(dir.path().join("agent.log")).unwrap(),
