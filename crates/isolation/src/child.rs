@@ -10,7 +10,7 @@ use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::stat::{FchmodatFlags, Mode, fchmodat};
-use nix::unistd::{chdir, mkdir, pivot_root, setgroups, sethostname, setresgid, setresuid};
+use nix::unistd::{Gid, Uid, chdir, mkdir, pivot_root, sethostname};
 
 use crate::init;
 use crate::plan::Op;
@@ -20,6 +20,33 @@ pub(crate) const SETUP_FAILED: i32 = 125;
 
 /// The status record: step index and errno, native byte order.
 pub(crate) const RECORD_LEN: usize = 8;
+
+// The C library's setresuid, setresgid and setgroups apply the change to every thread the
+// parent had, by signalling each and waiting for it. This copy has one thread, and the raw
+// `clone3` did not update the library's thread list: those wrappers would wait forever when
+// the parent is multi-threaded. The raw system calls change this thread only, which is all
+// there is.
+
+fn set_groups(groups: &[libc::gid_t]) -> nix::Result<()> {
+    // SAFETY: the pointer and length describe a live slice of gid_t, which the kernel only
+    // reads.
+    let ret = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    Errno::result(ret).map(drop)
+}
+
+fn set_gid(gid: Gid) -> nix::Result<()> {
+    let gid = gid.as_raw();
+    // SAFETY: setresgid takes three ids by value and touches no memory.
+    let ret = unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) };
+    Errno::result(ret).map(drop)
+}
+
+fn set_uid(uid: Uid) -> nix::Result<()> {
+    let uid = uid.as_raw();
+    // SAFETY: setresuid takes three ids by value and touches no memory.
+    let ret = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
+    Errno::result(ret).map(drop)
+}
 
 /// Runs every step; never returns.
 pub(crate) fn run(ops: &[Op], status_fd: RawFd) -> ! {
@@ -131,9 +158,9 @@ pub(crate) fn apply(op: &Op) -> Result<(), Errno> {
             Ok(())
         }
         Op::ClearInheritableAndAmbientCaps => clear_inheritable_and_ambient(),
-        Op::SetGroups { groups } => setgroups(groups),
-        Op::SetGid { gid } => setresgid(*gid, *gid, *gid),
-        Op::SetUid { uid } => setresuid(*uid, *uid, *uid),
+        Op::SetGroups { groups } => set_groups(groups),
+        Op::SetGid { gid } => set_gid(*gid),
+        Op::SetUid { uid } => set_uid(*uid),
         Op::NoNewPrivs => nix::sys::prctl::set_no_new_privs(),
         Op::Chdir { path } => chdir(path.as_c_str()),
         Op::PlaceFds { fds } => place_fds(fds),

@@ -99,7 +99,7 @@ pub(crate) enum Op {
     },
     ClearInheritableAndAmbientCaps,
     SetGroups {
-        groups: Vec<Gid>,
+        groups: Vec<libc::gid_t>,
     },
     SetGid {
         gid: Gid,
@@ -571,9 +571,10 @@ impl Plan {
                 "inheritable and ambient sets",
             );
         }
-        let groups = c.groups.iter().map(|g| Gid::from_raw(*g)).collect();
         b.push(
-            Op::SetGroups { groups },
+            Op::SetGroups {
+                groups: c.groups.clone(),
+            },
             Step::SetGroups,
             format!("{:?}", c.groups),
         );
