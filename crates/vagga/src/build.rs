@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use isolation::{Container as Sandbox, Stdio, UserNamespace, Volume};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Container, NpmConfig, PipConfig, Step};
+use crate::console;
 use crate::de::Located;
 use crate::idmap::IdMapError;
 use crate::privileged::{Op, Privileged, PrivilegedError};
@@ -345,7 +346,11 @@ fn inherited_env(project: &Project, name: &str) -> BTreeMap<String, String> {
     env
 }
 
-/// Build progress on stderr: a spinner per step on a terminal, plain lines otherwise.
+/// How often a spinner redraws.
+const TICK: Duration = Duration::from_millis(120);
+
+/// Build progress on stderr: a spinner per step when someone watches (see [`console`]),
+/// plain lines otherwise.
 struct Progress {
     name: String,
     total: usize,
@@ -359,7 +364,7 @@ impl Progress {
             name: name.into(),
             total,
             bar: None,
-            terminal: std::io::stderr().is_terminal(),
+            terminal: console::is_interactive(),
         }
     }
 
@@ -374,11 +379,24 @@ impl Progress {
             );
             bar.set_prefix(self.name.clone());
             bar.set_message(text);
-            bar.enable_steady_tick(Duration::from_millis(120));
+            bar.enable_steady_tick(TICK);
             self.bar = Some(bar);
         } else {
             eprintln!("{}: {text}", self.name);
         }
+    }
+
+    /// Runs `spawn` with the spinner's ticker thread stopped. `isolation` starts containers
+    /// by a raw `clone3` of this process, and the C library's set*id wrappers in that copy
+    /// wait forever for threads of the parent that the copy does not have.
+    fn without_ticker<T>(&self, spawn: impl FnOnce() -> T) -> T {
+        let Some(bar) = &self.bar else {
+            return spawn();
+        };
+        bar.disable_steady_tick();
+        let spawned = spawn();
+        bar.enable_steady_tick(TICK);
+        spawned
     }
 
     fn line(&self, line: &str) {
@@ -389,8 +407,15 @@ impl Progress {
     }
 
     fn done(&mut self) {
+        // The spinner gives way to a permanent line, so the terminal keeps every step.
         if let Some(bar) = self.bar.take() {
-            bar.finish();
+            bar.finish_and_clear();
+            eprintln!(
+                "{} {}  {:.1}s",
+                self.name,
+                bar.message(),
+                bar.elapsed().as_secs_f64()
+            );
         }
     }
 }
@@ -473,7 +498,7 @@ impl BuildRun<'_> {
     fn run_all(&mut self) -> Result<(), BuildError> {
         self.prepare_root()?;
         for (index, step) in self.container.setup.iter().enumerate() {
-            let what = describe(&step.value);
+            let what = console::plain_line(describe(&step.value).as_bytes());
             self.progress.step(index, &what);
             let start = Instant::now();
             let _ = writeln!(
@@ -500,8 +525,8 @@ impl BuildRun<'_> {
     }
 
     fn privileged(&self, op: Op, pos: &Pos) -> Result<(), BuildError> {
-        self.privileged
-            .run(&op)
+        self.progress
+            .without_ticker(|| self.privileged.run(&op))
             .map_err(|source| BuildError::Privileged {
                 pos: pos.to_string(),
                 source,
@@ -924,7 +949,7 @@ impl BuildRun<'_> {
         c.stdout(Stdio::Fd(writer))
             .stderr(Stdio::Fd(writer2))
             .stdin(Stdio::Null);
-        let spawned = c.spawn();
+        let spawned = self.progress.without_ticker(|| c.spawn());
         // The container holds the pipe's write ends: drop them so reading ends with the child.
         drop(c);
         let mut child = spawned.map_err(|source| BuildError::Spawn {
@@ -932,8 +957,13 @@ impl BuildRun<'_> {
             step: step.value.name(),
             source,
         })?;
-        for line in BufReader::new(reader).lines() {
-            let Ok(line) = line else { break };
+        let mut reader = BufReader::new(reader);
+        let mut raw = Vec::new();
+        // Byte lines: output that is not UTF-8 must not stop the reading (the step would
+        // block on a full pipe).
+        while reader.read_until(b'\n', &mut raw).is_ok_and(|n| n > 0) {
+            let line = console::plain_line(&raw);
+            raw.clear();
             let _ = writeln!(self.log, "{line}");
             self.progress.line(&line);
         }
@@ -1057,8 +1087,11 @@ impl BuildRun<'_> {
         let output = cmd
             .output()
             .map_err(io_err("run debootstrap for", &self.root))?;
-        let _ = self.log.write_all(&output.stdout);
-        let _ = self.log.write_all(&output.stderr);
+        for printed in [&output.stdout, &output.stderr] {
+            for line in printed.split_inclusive(|b| *b == b'\n') {
+                let _ = writeln!(self.log, "{}", console::plain_line(line));
+            }
+        }
         if !output.status.success() {
             let log = self
                 .project

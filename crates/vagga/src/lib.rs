@@ -10,6 +10,7 @@ pub mod build;
 pub mod builtins;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod de;
 pub mod doctor;
 pub mod filter;

@@ -1,7 +1,6 @@
 //! The `vagga` binary: parses the command line, starts logging, runs, maps errors to exit codes.
 #![forbid(unsafe_code)]
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -21,7 +20,7 @@ fn main() -> ExitCode {
         builder.json().init();
     } else {
         builder
-            .with_ansi(std::io::stderr().is_terminal())
+            .with_ansi(vagga::console::is_interactive())
             .without_time()
             .init();
     }

@@ -654,6 +654,18 @@ mod tests {
         assert_eq!(resolve(root, "/pw", true).unwrap(), root.join("etc/passwd"));
         assert_eq!(resolve(root, "/pw", false).unwrap(), root.join("pw"));
         assert_eq!(resolve(root, "/../../x", true).unwrap(), root.join("x"));
+    }
+
+    #[test]
+    fn writing_through_an_absolute_symlink_stays_in_the_image() {
+        // write_text gives the file to 0:0, which only root may do.
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        symlink("/etc/passwd", root.join("pw")).unwrap();
         write_text(root, "/pw", "x").unwrap();
         assert!(!root.join("etc/passwd").exists());
         assert_eq!(fs::read_to_string(root.join("pw")).unwrap(), "x");
