@@ -25,6 +25,9 @@ const STALE_AFTER: Duration = Duration::from_secs(3);
 const START_WAIT: Duration = Duration::from_secs(2);
 /// Deadline of a metrics query.
 const METRICS_DEADLINE: Duration = Duration::from_millis(500);
+/// How long a metrics answer is reused. cantal samples every 2 s, so a newer query would
+/// mostly return the same values, and a run triggered by an action need not wait for one.
+pub const METRICS_REUSE: Duration = Duration::from_secs(1);
 
 /// How the quorum counts peers (`--strict-majority`, `--minority-grace`).
 #[derive(Debug, Clone, Copy)]
@@ -313,6 +316,52 @@ pub async fn query_metrics(socket: &Path, rules: &Value) -> (Value, Vec<String>)
     (Value::Object(metrics), response.warnings)
 }
 
+/// The last answer of [`query_metrics`], reused for `max_age` for the same rules (errors
+/// included, so `metrics_errors` always describes the `metrics` it comes with).
+#[derive(Debug)]
+pub struct MetricsCache {
+    max_age: Duration,
+    /// Held during a query, so concurrent callers share one query rather than start another.
+    last: tokio::sync::Mutex<Option<MetricsAnswer>>,
+}
+
+#[derive(Debug)]
+struct MetricsAnswer {
+    asked_at: Instant,
+    rules: Value,
+    metrics: Value,
+    errors: Vec<String>,
+}
+
+impl MetricsCache {
+    pub fn new(max_age: Duration) -> Self {
+        Self {
+            max_age,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// `rules` run cluster-wide, or the last answer to the same rules if it is recent.
+    pub async fn query(&self, socket: &Path, rules: &Value) -> (Value, Vec<String>) {
+        let mut last = self.last.lock().await;
+        if let Some(answer) = last
+            .as_ref()
+            .filter(|answer| answer.rules == *rules && answer.asked_at.elapsed() < self.max_age)
+        {
+            return (answer.metrics.clone(), answer.errors.clone());
+        }
+        let asked_at = Instant::now();
+        let (metrics, errors) = query_metrics(socket, rules).await;
+        *last = Some(MetricsAnswer {
+            asked_at,
+            rules: rules.clone(),
+            metrics: metrics.clone(),
+            errors: errors.clone(),
+        });
+        (metrics, errors)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,5 +437,46 @@ mod tests {
         assert!(!view.fresh);
         table.connected = true;
         assert!(table.view(&rule, Instant::now()).fresh);
+    }
+
+    const TIMED_OUT: &str = "cantal: metrics query timed out";
+
+    /// Asks with no socket at `socket` (refused at once), then binds a socket that accepts
+    /// and never answers (a query times out): a quick refusal after that is a reused answer.
+    async fn refused_then_silent(
+        cache: &MetricsCache,
+        socket: &Path,
+        rules: &Value,
+    ) -> (Vec<String>, std::os::unix::net::UnixListener) {
+        let (metrics, errors) = cache.query(socket, rules).await;
+        assert_eq!(metrics, json!({}));
+        assert_eq!(errors.len(), 1);
+        assert_ne!(errors[0], TIMED_OUT);
+        (
+            errors,
+            std::os::unix::net::UnixListener::bind(socket).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_recent_metrics_answer_is_reused_for_the_same_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = default_metric_rules();
+        let cache = MetricsCache::new(Duration::from_millis(300));
+        let socket = dir.path().join("a.sock");
+        let (refused, _listener) = refused_then_silent(&cache, &socket, &rules).await;
+        assert_eq!(cache.query(&socket, &rules).await.1, refused, "reused");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(cache.query(&socket, &rules).await.1, [TIMED_OUT], "expired");
+
+        let cache = MetricsCache::new(Duration::from_secs(3600));
+        let socket = dir.path().join("b.sock");
+        let (_, _listener) = refused_then_silent(&cache, &socket, &rules).await;
+        let other_rules = json!({"load": {"source": "tip"}});
+        assert_eq!(
+            cache.query(&socket, &other_rules).await.1,
+            [TIMED_OUT],
+            "other rules are asked"
+        );
     }
 }

@@ -99,7 +99,7 @@ async fn deploy(node: &Node, schedule: &Schedule) {
         return;
     }
     let schedule_file = dir.join("schedule.json");
-    let _ = crate::storage::write_file(
+    let _ = crate::storage::write_scratch_file(
         &schedule_file,
         &serde_json::to_vec(schedule).unwrap_or_default(),
     );
@@ -110,7 +110,7 @@ async fn deploy(node: &Node, schedule: &Schedule) {
         let role_vars =
             vars::system_vars(&schedule.data, &role, &node.settings.hostname, &deployment);
         let vars_file = dir.join(format!("{role}.vars.json"));
-        if let Err(err) = crate::storage::write_file(
+        if let Err(err) = crate::storage::write_scratch_file(
             &vars_file,
             &serde_json::to_vec(&Value::Object(role_vars)).unwrap_or_default(),
         ) {

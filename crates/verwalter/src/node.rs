@@ -148,6 +148,7 @@ pub struct Node {
     pub counters: Arc<PacketCounters>,
     pub fetcher: Fetcher,
     pub rate: Mutex<RateWindow>,
+    pub metrics: cantal::MetricsCache,
     /// (leader, its schedule, its actions) from the last leader Ping, for the follower loop.
     pub wanted: watch::Sender<Option<(MachineId, Option<Stamp>, ActionDigest)>>,
 }
@@ -202,6 +203,7 @@ impl Node {
             counters: channels.counters,
             fetcher: Fetcher::new(),
             rate: Mutex::new(RateWindow::default()),
+            metrics: cantal::MetricsCache::new(cantal::METRICS_REUSE),
             wanted: watch::Sender::new(None),
             settings,
         };
@@ -331,15 +333,22 @@ impl Node {
         holders + 1 >= needed
     }
 
-    /// Builds the scheduler input (spec §2.3).
-    pub async fn scheduler_input(&self, extra_action: Option<Value>) -> Value {
-        let current = self.current();
-        let rules = current
-            .as_ref()
+    /// cantal's answer to the current schedule's `query_metrics` (or the default rules),
+    /// reused for [`cantal::METRICS_REUSE`].
+    pub async fn metrics(&self) -> (Value, Vec<String>) {
+        let rules = self
+            .current()
             .and_then(|schedule| schedule.data.get("query_metrics").cloned())
             .unwrap_or_else(cantal::default_metric_rules);
-        let (metrics, metrics_errors) =
-            cantal::query_metrics(&self.settings.cantal_socket, &rules).await;
+        self.metrics
+            .query(&self.settings.cantal_socket, &rules)
+            .await
+    }
+
+    /// Builds the scheduler input (spec §2.3).
+    pub async fn scheduler_input(&self, extra_action: Option<Value>) -> Value {
+        let (metrics, metrics_errors) = self.metrics().await;
+        let current = self.current();
         let table = cantal::lock(&self.peers);
         let state = self.state();
         let mut parents: Vec<Value> = current
@@ -612,7 +621,12 @@ pub async fn scheduler_loop(node: Arc<Node>, shutdown: CancellationToken) {
         if status.state != State::Leader {
             continue;
         }
-        tokio::join!(collect_parents(&node), refresh_machines(&node));
+        // The metrics query runs alongside the fetches; `schedule_once` reuses its answer.
+        tokio::join!(
+            collect_parents(&node),
+            refresh_machines(&node),
+            node.metrics()
+        );
         schedule_once(&node).await;
     }
 }
@@ -680,21 +694,25 @@ pub async fn schedule_once(node: &Node) {
                         .retain(|parent| !used_parents.contains(&parent.stamp.hash));
                     let current_hash = node.current().map(|s| s.stamp.hash.clone());
                     let hash = crate::schedule::hash(&outcome.data);
-                    let actions = state.actions.clone();
-                    Some((current_hash != Some(hash), outcome.data, actions))
+                    Some((current_hash != Some(hash), outcome.data))
                 }
             }
         }
     };
     match publish {
-        Some((changed, data, actions)) => {
-            node.save_actions(&actions);
+        Some((changed, data)) => {
+            // The schedule first: it is announced before the actions' write, and a crash in
+            // between keeps the consumed actions on disk rather than losing them (spec: an
+            // action is removed only by a published schedule).
             if changed {
                 node.install(Schedule::new(data, now, node.id));
             } else {
                 node.refresh_local();
                 node.ping_now.notify_one();
             }
+            // Read again: an action registered meanwhile must not be dropped from the file.
+            let actions = node.state().actions.clone();
+            node.save_actions(&actions);
         }
         None => node.refresh_local(),
     }
@@ -763,10 +781,11 @@ pub async fn follower_loop(node: Arc<Node>, shutdown: CancellationToken) {
                         state.fetch_state = "ok".into();
                         state.actions = actions.clone();
                     }
-                    node.save_actions(&actions);
+                    // Rendering starts with the install; the actions' write need not delay it.
                     if Some(&reply.schedule.stamp.hash) != ours.as_ref() {
                         node.install(reply.schedule);
                     }
+                    node.save_actions(&actions);
                     retry = reply_is_older(&stamp, node.current().as_deref());
                 }
                 Err(err) => {

@@ -267,15 +267,27 @@ impl Storage {
     }
 }
 
-/// Writes `path` through `path.tmp` and a rename, synced.
+/// Writes `path` through a temporary file and a rename, synced.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    replace_file(path, bytes, true)
+}
+
+/// Writes `path` like [`write_file`] but without the sync: for scratch files rewritten
+/// before every use (the renderer's inputs), which a crash may lose.
+pub fn write_scratch_file(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    replace_file(path, bytes, false)
+}
+
+fn replace_file(path: &Path, bytes: &[u8], sync: bool) -> Result<(), StorageError> {
     // A temporary file of its own per write: two saves of the same file at once must not
     // rename each other's half-written data.
     let dir = path.parent().unwrap_or(Path::new("."));
     let write = || -> io::Result<()> {
         let mut file = tempfile::NamedTempFile::new_in(dir)?;
         file.write_all(bytes)?;
-        file.as_file().sync_all()?;
+        if sync {
+            file.as_file().sync_all()?;
+        }
         file.persist(path).map_err(|e| e.error)?;
         Ok(())
     };
