@@ -58,7 +58,12 @@ pub fn run(
         socks.push((s.clone(), fd));
     }
     let interactive = config.stdio == StdioPlan::Inherit;
-    let outcome = knot::run(&config, socks, &signals, interactive);
+    let outcome = knot::run(
+        &config,
+        socks,
+        &signals,
+        knot::Caller::Command { interactive },
+    );
     let _ = std::fs::remove_dir_all(&config.state_dir);
     if outcome.code == crate::state::code::SETUP_ERROR {
         return Err(CommandError::Setup(format!(

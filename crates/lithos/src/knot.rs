@@ -1,6 +1,7 @@
 //! The knot: one per instance, small and synchronous. It prepares the state dir, starts the
 //! container through `isolation` (an init as pid 1, the program as pid 2), forwards SIGTERM,
-//! enforces `kill-timeout`, records `knot.json` and `exit-status`, and exits with 0 normal,
+//! enforces `kill-timeout`, records `knot.json` and `exit-status` for the tree (not for
+//! `lithos_cmd`, which waits for the outcome itself), and exits with 0 normal,
 //! 1 setup error, 2 failure, 3 kill-timeout expired.
 
 use std::fs::{self, File, OpenOptions};
@@ -522,7 +523,11 @@ fn finish(
     outcome: Outcome,
     reason: Option<String>,
     started: Instant,
+    caller: Caller,
 ) -> Outcome {
+    if caller != Caller::Tree {
+        return outcome;
+    }
     let rec = ExitRecord {
         knot_code: outcome.code,
         exit: outcome.exit,
@@ -537,14 +542,26 @@ fn finish(
     outcome
 }
 
-/// Runs the instance to its end. `interactive` passes the caller's stdin (commands).
+/// Who waits for the instance, which decides what the knot records on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// A `lithos_knot` of the tree: `knot.json`, notices and `exit-status` are how the tree
+    /// (or the next tree, after adopting) learns what happened.
+    Tree,
+    /// `lithos_cmd` waits for the outcome in-process and the tree ignores `cmd.*` instances:
+    /// nothing is recorded. `interactive` passes the caller's stdin.
+    Command { interactive: bool },
+}
+
+/// Runs the instance to its end.
 pub fn run(
     c: &InstanceConfig,
     sockets: Vec<(SocketPlan, OwnedFd)>,
     signals: &SignalFd,
-    interactive: bool,
+    caller: Caller,
 ) -> Outcome {
     let started = Instant::now();
+    let interactive = matches!(caller, Caller::Command { interactive: true });
     let setup = (|| {
         check_identity(c)?;
         prepare_state(c)?;
@@ -554,7 +571,7 @@ pub fn run(
     })();
     let (log, ct) = match setup {
         Ok(v) => v,
-        Err(e) => return setup_failed(c, e, started),
+        Err(e) => return setup_failed(c, e, started, caller),
     };
     let mut req = Requests::default();
     let mut backoff = Backoff::default();
@@ -574,16 +591,18 @@ pub fn run(
             Ok(child) => child,
             Err(e) => {
                 marker(log.as_ref(), &format!("Failed to start {:?}: {e}", c.name));
-                return setup_failed(c, SetupError::Spawn(e), started);
+                return setup_failed(c, SetupError::Spawn(e), started, caller);
             }
         };
-        record(c, child.pid() as u32, restarts, &sockets);
-        send(
-            c,
-            NoticeEvent::Started {
-                pid: child.pid() as u32,
-            },
-        );
+        if caller == Caller::Tree {
+            record(c, child.pid() as u32, restarts, &sockets);
+            send(
+                c,
+                NoticeEvent::Started {
+                    pid: child.pid() as u32,
+                },
+            );
+        }
         let (status, killed, oom) = supervise(c, &mut child, signals, &mut req);
         let exit = ProcessExit::from_status(status, oom);
         let uptime = run_start.elapsed().as_secs();
@@ -612,6 +631,7 @@ pub fn run(
                 },
                 None,
                 started,
+                caller,
             );
         }
         send(c, NoticeEvent::Exited { exit });
@@ -627,6 +647,7 @@ pub fn run(
                     },
                     Some("gave up".into()),
                     started,
+                    caller,
                 );
             }
         };
@@ -653,21 +674,24 @@ pub fn run(
                 },
                 None,
                 started,
+                caller,
             );
         }
         restarts += 1;
     }
 }
 
-fn setup_failed(c: &InstanceConfig, e: SetupError, started: Instant) -> Outcome {
+fn setup_failed(c: &InstanceConfig, e: SetupError, started: Instant, caller: Caller) -> Outcome {
     let reason = e.to_string();
     error!(instance = %c.name, "setup failed: {reason}");
-    send(
-        c,
-        NoticeEvent::SetupFailed {
-            reason: reason.clone(),
-        },
-    );
+    if caller == Caller::Tree {
+        send(
+            c,
+            NoticeEvent::SetupFailed {
+                reason: reason.clone(),
+            },
+        );
+    }
     finish(
         c,
         Outcome {
@@ -676,6 +700,7 @@ fn setup_failed(c: &InstanceConfig, e: SetupError, started: Instant) -> Outcome 
         },
         Some(reason),
         started,
+        caller,
     )
 }
 

@@ -873,6 +873,55 @@ fn command_gets_stdin_and_returns_its_status() {
 }
 
 #[test]
+fn command_state_dir_holds_only_the_container_files_while_it_runs() {
+    require_root!();
+    let f = Fixture::new("");
+    f.image("v1", SLEEPER);
+    f.container_config(
+        "v1",
+        "cat.yaml",
+        "kind: Command\nexecutable: /bin/sh\narguments: [-c, echo up; exec cat]\n\
+         interactive: true\nenviron: {PATH: /bin}\n",
+    );
+    f.write_processes("c: {kind: Command, image: v1, config: /config/cat.yaml}\n");
+    let mut child = bin("lithos_cmd")
+        .arg("--master")
+        .arg(&f.master)
+        .args(["demo", "c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "up\n");
+    // Once the program runs, lithos_cmd ends up waiting in poll: whatever it writes after
+    // the start is on disk by then.
+    let wchan = format!("/proc/{}/wchan", child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fs::read_to_string(&wchan).is_ok_and(|w| w.contains("poll")) && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let dir = f.state_dir().join(format!("cmd.c.{}", child.id()));
+    let mut names: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    // No knot.json or exit-status: lithos_cmd waits for the command itself.
+    assert_eq!(names, ["hosts", "resolv.conf"]);
+    assert!(!dir.exists(), "state dir removed at the end");
+}
+
+#[test]
 fn uid_map_of_the_sandbox_maps_the_container_user() {
     require_root!();
     let mut f = Fixture::new("");

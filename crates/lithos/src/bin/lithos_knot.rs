@@ -65,6 +65,6 @@ fn main() {
             std::process::exit(code::SETUP_ERROR);
         }
     };
-    let outcome = knot::run(&config, sockets, &signals, false);
+    let outcome = knot::run(&config, sockets, &signals, knot::Caller::Tree);
     std::process::exit(outcome.code);
 }
