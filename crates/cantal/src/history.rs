@@ -272,10 +272,11 @@ impl History {
             let Some((kind, bits)) = Kind::of(value) else {
                 continue;
             };
-            let series = self
-                .series
-                .entry(key.clone())
-                .or_insert_with(|| Series::new(kind));
+            // Looked up before inserting: nearly every series already exists.
+            let series = match self.series.get_mut(key) {
+                Some(series) => series,
+                None => self.series.entry(key.clone()).or_insert(Series::new(kind)),
+            };
             if series.kind != kind {
                 // An app rewrote its meta with another type under the same name.
                 *series = Series::new(kind);

@@ -2,6 +2,7 @@
 //! value at one scan.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -58,16 +59,20 @@ pub enum Source {
     App,
 }
 
-/// A series: its source and key.
+/// A series: its source and key. The fields are shared: the latest scan, the history and the
+/// process table hold one copy of a key, and cloning one costs a reference count.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SeriesKey {
     pub source: Source,
-    pub fields: Key,
+    pub fields: Arc<Key>,
 }
 
 impl SeriesKey {
     pub fn new(source: Source, fields: Key) -> Self {
-        Self { source, fields }
+        Self {
+            source,
+            fields: Arc::new(fields),
+        }
     }
 
     /// The `metric` field, empty when absent (app states name themselves otherwise).

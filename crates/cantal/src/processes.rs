@@ -7,18 +7,34 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use procfs::FromRead;
-use procfs::process::{Io, Stat, Status};
+use procfs::process::Stat;
 use serde::Serialize;
 
 use crate::app_metrics::AppSource;
 use crate::groups::{Container, Group, cgroup_path, group_of};
+use crate::metric::{SeriesKey, Source, key};
 
 /// `environ` past this is not searched for `CANTAL_PATH`.
 const MAX_ENVIRON: u64 = 1 << 20;
 /// Command lines are shown up to this length.
 const MAX_CMDLINE: u64 = 4096;
+/// First read size for `stat`, `status`, `io` and `cgroup`; all of them usually fit.
+const READ_SIZE: usize = 8192;
+
+/// The per-process metrics, in the order of [`Process::keys`].
+pub const PROCESS_METRICS: [&str; 8] = [
+    "vsize",
+    "rss",
+    "swap",
+    "num_threads",
+    "user_time",
+    "system_time",
+    "read_bytes",
+    "write_bytes",
+];
 
 /// One process in `/all_processes.json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -58,6 +74,8 @@ pub struct Process {
     pub info: ProcessInfo,
     pub group: Option<Group>,
     pub app: Option<AppSource>,
+    /// Series keys of [`PROCESS_METRICS`], built once per process and group.
+    pub keys: Arc<[SeriesKey]>,
 }
 
 #[derive(Debug)]
@@ -70,6 +88,11 @@ struct Tracked {
     cmdline: String,
     app: Option<AppSource>,
     lithos_container: Option<Container>,
+    /// The `cgroup` file last read, and what was derived from it: a process seldom moves, so
+    /// these are reused while the file reads the same.
+    cgroup_file: Vec<u8>,
+    group: Option<Group>,
+    keys: Arc<[SeriesKey]>,
 }
 
 /// Processes tracked across sweeps.
@@ -91,7 +114,7 @@ impl ProcessTable {
             page_size: procfs::page_size(),
             ticks_per_second: procfs::ticks_per_second().max(1),
             tracked: HashMap::new(),
-            buffer: Vec::with_capacity(4096),
+            buffer: vec![0; READ_SIZE],
         }
     }
 
@@ -127,7 +150,7 @@ impl ProcessTable {
         let stat = match self.tracked.get(&pid) {
             Some(tracked) => match read_at(&tracked.stat, &mut self.buffer)
                 .ok()
-                .and_then(|()| Stat::from_read(&self.buffer[..]).ok())
+                .and_then(|bytes| Stat::from_read(bytes).ok())
             {
                 Some(stat) if stat.starttime == tracked.start_time => stat,
                 _ => {
@@ -137,34 +160,41 @@ impl ProcessTable {
             },
             None => self.open(pid)?,
         };
-        let tracked = self.tracked.get(&pid)?;
-        read_at(&tracked.status, &mut self.buffer).ok()?;
-        let status = Status::from_read(&self.buffer[..]).ok()?;
+        let tracked = self.tracked.get_mut(&pid)?;
+        let status = StatusFields::parse(read_at(&tracked.status, &mut self.buffer).ok()?)?;
         let io = tracked
             .io
             .as_ref()
             .and_then(|file| read_at(file, &mut self.buffer).ok())
-            .and_then(|()| Io::from_read(&self.buffer[..]).ok());
-        read_at(&tracked.cgroup, &mut self.buffer).ok()?;
-        let cgroup_text = String::from_utf8_lossy(&self.buffer);
-        let cgroup = cgroup_path(&cgroup_text);
-        let mut group = cgroup.and_then(|path| group_of(path, &self.lithos_root));
-        if let Some(group) = group.as_mut()
-            && group.container.is_none()
-        {
-            group.container.clone_from(&tracked.lithos_container);
+            .and_then(IoFields::parse);
+        let cgroup_file = read_at(&tracked.cgroup, &mut self.buffer).ok()?;
+        if cgroup_file != tracked.cgroup_file.as_slice() {
+            let mut group = cgroup_path(&String::from_utf8_lossy(cgroup_file))
+                .and_then(|path| group_of(path, &self.lithos_root));
+            if let Some(group) = group.as_mut()
+                && group.container.is_none()
+            {
+                group.container.clone_from(&tracked.lithos_container);
+            }
+            if group.as_ref().map(|g| &g.name) != tracked.group.as_ref().map(|g| &g.name) {
+                tracked.keys = process_keys(pid, group.as_ref());
+            }
+            tracked.group = group;
+            tracked.cgroup_file.clear();
+            tracked.cgroup_file.extend_from_slice(cgroup_file);
         }
+        let group = tracked.group.clone();
         let start_time = stat.starttime * 1000 / self.ticks_per_second;
         let info = ProcessInfo {
             pid,
             ppid: stat.ppid,
-            uid: status.ruid,
-            gid: status.rgid,
+            uid: status.uid,
+            gid: status.gid,
             name: stat.comm.clone(),
             state: stat.state.to_string(),
             vsize: stat.vsize,
             rss: stat.rss * self.page_size,
-            swap: status.vmswap.unwrap_or(0) * 1024,
+            swap: status.swap_kb * 1024,
             num_threads: stat.num_threads,
             start_time,
             start_timestamp: boot_time_ms.map(|boot| boot + start_time),
@@ -173,8 +203,8 @@ impl ProcessTable {
             child_user_time: u64::try_from(stat.cutime).unwrap_or(0),
             child_system_time: u64::try_from(stat.cstime).unwrap_or(0),
             cmdline: tracked.cmdline.clone(),
-            read_bytes: io.as_ref().map(|io| io.read_bytes),
-            write_bytes: io.as_ref().map(|io| io.write_bytes),
+            read_bytes: io.map(|io| io.read_bytes),
+            write_bytes: io.map(|io| io.write_bytes),
             cgroup: group.as_ref().map(|g| g.name.clone()),
             container: group
                 .as_ref()
@@ -186,6 +216,7 @@ impl ProcessTable {
             info,
             group,
             app: tracked.app.clone(),
+            keys: Arc::clone(&tracked.keys),
         })
     }
 
@@ -193,8 +224,7 @@ impl ProcessTable {
     fn open(&mut self, pid: i32) -> Option<Stat> {
         let dir = self.proc_root.join(pid.to_string());
         let stat_file = File::open(dir.join("stat")).ok()?;
-        read_at(&stat_file, &mut self.buffer).ok()?;
-        let stat = Stat::from_read(&self.buffer[..]).ok()?;
+        let stat = Stat::from_read(read_at(&stat_file, &mut self.buffer).ok()?).ok()?;
         let status = File::open(dir.join("status")).ok()?;
         let cgroup = File::open(dir.join("cgroup")).ok()?;
         // io and environ need ptrace rights; without them the process is still listed.
@@ -218,6 +248,10 @@ impl ProcessTable {
                 cmdline,
                 app: env.app,
                 lithos_container: env.lithos_container,
+                // Filled in by the first read.
+                cgroup_file: Vec::new(),
+                group: None,
+                keys: process_keys(pid, None),
             },
         );
         Some(stat)
@@ -256,16 +290,102 @@ impl Environment {
     }
 }
 
-/// Reads a whole proc file from offset 0 into `buffer` with `pread`.
-fn read_at(file: &File, buffer: &mut Vec<u8>) -> io::Result<()> {
-    buffer.clear();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = file.read_at(&mut chunk, buffer.len() as u64)?;
-        if n == 0 {
-            return Ok(());
+/// Series keys of [`PROCESS_METRICS`] for one process: `{metric, pid, cgroup}`.
+fn process_keys(pid: i32, group: Option<&Group>) -> Arc<[SeriesKey]> {
+    PROCESS_METRICS
+        .iter()
+        .map(|metric| {
+            let mut fields = vec![("pid", pid.to_string())];
+            if let Some(group) = group {
+                fields.push(("cgroup", group.name.clone()));
+            }
+            SeriesKey::new(Source::Process, key(metric, fields))
+        })
+        .collect()
+}
+
+/// What the agent takes from `/proc/PID/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StatusFields {
+    /// Real user and group ids.
+    uid: u32,
+    gid: u32,
+    /// `VmSwap`; absent (0) for kernel threads.
+    swap_kb: u64,
+}
+
+impl StatusFields {
+    /// `None` when `Uid` or `Gid` is missing or malformed.
+    fn parse(file: &[u8]) -> Option<Self> {
+        let mut uid = None;
+        let mut gid = None;
+        let mut swap_kb = 0;
+        for line in file.split(|&b| b == b'\n') {
+            if let Some(rest) = line.strip_prefix(b"Uid:") {
+                uid = first_number(rest);
+            } else if let Some(rest) = line.strip_prefix(b"Gid:") {
+                gid = first_number(rest);
+            } else if let Some(rest) = line.strip_prefix(b"VmSwap:") {
+                swap_kb = first_number(rest)?;
+            }
         }
-        buffer.extend_from_slice(&chunk[..n]);
+        Some(Self {
+            uid: uid?,
+            gid: gid?,
+            swap_kb,
+        })
+    }
+}
+
+/// What the agent takes from `/proc/PID/io`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IoFields {
+    read_bytes: u64,
+    write_bytes: u64,
+}
+
+impl IoFields {
+    fn parse(file: &[u8]) -> Option<Self> {
+        let mut read_bytes = None;
+        let mut write_bytes = None;
+        for line in file.split(|&b| b == b'\n') {
+            if let Some(rest) = line.strip_prefix(b"read_bytes:") {
+                read_bytes = first_number(rest);
+            } else if let Some(rest) = line.strip_prefix(b"write_bytes:") {
+                write_bytes = first_number(rest);
+            }
+        }
+        Some(Self {
+            read_bytes: read_bytes?,
+            write_bytes: write_bytes?,
+        })
+    }
+}
+
+/// The first whitespace-separated word of `text` as a number.
+fn first_number<T: std::str::FromStr>(text: &[u8]) -> Option<T> {
+    let word = text
+        .split(u8::is_ascii_whitespace)
+        .find(|word| !word.is_empty())?;
+    std::str::from_utf8(word).ok()?.parse().ok()
+}
+
+/// Reads a whole proc file from offset 0 with `pread` into `buffer`, which only grows.
+/// `stat`, `status`, `io` and `cgroup` are each generated whole by one kernel call, so a read
+/// that leaves room in the buffer has the whole file; reading on until 0 would make the kernel
+/// generate the file a second time.
+fn read_at<'a>(file: &File, buffer: &'a mut Vec<u8>) -> io::Result<&'a [u8]> {
+    if buffer.len() < READ_SIZE {
+        buffer.resize(READ_SIZE, 0);
+    }
+    let mut filled = 0;
+    loop {
+        let n = file.read_at(&mut buffer[filled..], filled as u64)?;
+        filled += n;
+        if n == 0 || filled < buffer.len() {
+            return Ok(&buffer[..filled]);
+        }
+        buffer.resize(buffer.len() * 2, 0);
     }
 }
 
@@ -301,6 +421,49 @@ mod tests {
     }
 
     #[test]
+    fn status_and_io_fields() {
+        let status =
+            b"Name:\tsleep\nUid:\t1000\t0\t0\t0\nGid:\t100\t0\t0\t0\nVmSwap:\t      12 kB\n";
+        assert_eq!(
+            StatusFields::parse(status),
+            Some(StatusFields {
+                uid: 1000,
+                gid: 100,
+                swap_kb: 12
+            })
+        );
+        // Kernel threads have no VmSwap; a status without ids is unusable.
+        assert_eq!(
+            StatusFields::parse(b"Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n").map(|s| s.swap_kb),
+            Some(0)
+        );
+        assert_eq!(StatusFields::parse(b"Uid:\t0\nGid:\tx\n"), None);
+        let io =
+            b"rchar: 5\nwchar: 6\nread_bytes: 4096\nwrite_bytes: 8192\ncancelled_write_bytes: 0\n";
+        assert_eq!(
+            IoFields::parse(io),
+            Some(IoFields {
+                read_bytes: 4096,
+                write_bytes: 8192
+            })
+        );
+        assert_eq!(IoFields::parse(b"read_bytes: 1\n"), None);
+    }
+
+    #[test]
+    fn read_at_reads_files_longer_than_the_buffer() {
+        use std::io::Write;
+        let mut file = tempfile::tempfile().unwrap();
+        let content: Vec<u8> = (0..READ_SIZE * 2 + 100).map(|i| i as u8).collect();
+        file.write_all(&content).unwrap();
+        let mut buffer = Vec::new();
+        assert_eq!(read_at(&file, &mut buffer).unwrap(), content.as_slice());
+        // The grown buffer is reused; a shorter read returns only what was read.
+        file.set_len(10).unwrap();
+        assert_eq!(read_at(&file, &mut buffer).unwrap(), &content[..10]);
+    }
+
+    #[test]
     fn sweeps_this_process_and_notices_exit() {
         let mut table = ProcessTable::new("/proc", "lithos.slice");
         let mut child = std::process::Command::new("sleep")
@@ -321,7 +484,24 @@ mod tests {
             sleeper.app.as_ref().map(|a| a.path.clone()),
             Some(PathBuf::from("/nonexistent/app"))
         );
-        assert!(table.sweep(Some(1)).iter().any(|p| p.info.pid == child_pid));
+        let keys: Vec<String> = sleeper
+            .keys
+            .iter()
+            .map(|k| serde_json::to_string(&k.fields).unwrap())
+            .collect();
+        assert_eq!(keys.len(), PROCESS_METRICS.len());
+        let cgroup = sleeper.info.cgroup.as_ref().map_or(String::new(), |c| {
+            format!(r#""cgroup":{},"#, serde_json::to_string(c).unwrap())
+        });
+        assert_eq!(
+            keys[1],
+            format!(r#"{{{cgroup}"metric":"rss","pid":"{child_pid}"}}"#)
+        );
+        let again = table.sweep(Some(1));
+        let sleeper_again = again.iter().find(|p| p.info.pid == child_pid).unwrap();
+        // Unchanged processes reuse their keys.
+        assert!(Arc::ptr_eq(&sleeper.keys, &sleeper_again.keys));
+        assert_eq!(sleeper_again.info.cgroup, sleeper.info.cgroup);
         assert!(table.tracked.contains_key(&child_pid));
         child.kill().unwrap();
         child.wait().unwrap();

@@ -207,7 +207,7 @@ fn run_rule(rule: &Json, history: &History) -> Result<Json, String> {
             .filter(|(key, _)| condition.matches(&key.fields))
             .filter_map(|(key, _)| {
                 let (_, values) = history.values(key, scans.clone())?;
-                Some((key.fields.clone(), values))
+                Some((Key::clone(&key.fields), values))
             })
             .collect(),
     };

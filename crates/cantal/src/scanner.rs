@@ -80,7 +80,7 @@ impl Scanner {
         let processes = self.processes.sweep(info.boot_time_ms);
         let mut groups: BTreeMap<Group, GroupTotals> = BTreeMap::new();
         for process in &processes {
-            process_samples(&process.info, &mut samples);
+            process_samples(process, &mut samples);
             if let Some(group) = &process.group {
                 groups.entry(group.clone()).or_default().add(&process.info);
             }
@@ -158,29 +158,24 @@ impl Scanner {
     }
 }
 
-fn process_samples(info: &ProcessInfo, out: &mut Vec<Sample>) {
-    let fields = || {
-        let mut fields = vec![("pid", info.pid.to_string())];
-        if let Some(cgroup) = &info.cgroup {
-            fields.push(("cgroup", cgroup.clone()));
+fn process_samples(process: &Process, out: &mut Vec<Sample>) {
+    let info = &process.info;
+    let io = info.read_bytes.zip(info.write_bytes);
+    // In the order of PROCESS_METRICS.
+    let values = [
+        Some(level(info.vsize)),
+        Some(level(info.rss)),
+        Some(level(info.swap)),
+        Some(Value::Integer(info.num_threads)),
+        Some(Value::Counter(info.user_time)),
+        Some(Value::Counter(info.system_time)),
+        io.map(|(read, _)| Value::Counter(read)),
+        io.map(|(_, write)| Value::Counter(write)),
+    ];
+    for (key, value) in process.keys.iter().zip(values) {
+        if let Some(value) = value {
+            out.push((key.clone(), value));
         }
-        fields
-    };
-    let mut push = |metric: &str, value: Value| {
-        out.push((
-            SeriesKey::new(Source::Process, key(metric, fields())),
-            value,
-        ));
-    };
-    push("vsize", level(info.vsize));
-    push("rss", level(info.rss));
-    push("swap", level(info.swap));
-    push("num_threads", Value::Integer(info.num_threads));
-    push("user_time", Value::Counter(info.user_time));
-    push("system_time", Value::Counter(info.system_time));
-    if let (Some(read), Some(write)) = (info.read_bytes, info.write_bytes) {
-        push("read_bytes", Value::Counter(read));
-        push("write_bytes", Value::Counter(write));
     }
 }
 
