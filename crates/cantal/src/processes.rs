@@ -85,6 +85,10 @@ struct Tracked {
     status: File,
     io: Option<File>,
     cgroup: File,
+    /// The name (`comm`) when `cmdline` and `environ` were read: an exec changes it, and then
+    /// they are read again (a process seen between fork and exec would otherwise keep its
+    /// parent's command line).
+    comm: String,
     cmdline: String,
     app: Option<AppSource>,
     lithos_container: Option<Container>,
@@ -161,6 +165,16 @@ impl ProcessTable {
             None => self.open(pid)?,
         };
         let tracked = self.tracked.get_mut(&pid)?;
+        if stat.comm != tracked.comm {
+            let (cmdline, env) = read_image(&self.proc_root.join(pid.to_string()));
+            tracked.comm.clone_from(&stat.comm);
+            tracked.cmdline = cmdline;
+            tracked.app = env.app;
+            tracked.lithos_container = env.lithos_container;
+            // The container named by the environment is merged into the group on a read of
+            // the cgroup file.
+            tracked.cgroup_file.clear();
+        }
         let status = StatusFields::parse(read_at(&tracked.status, &mut self.buffer).ok()?)?;
         let io = tracked
             .io
@@ -229,14 +243,7 @@ impl ProcessTable {
         let cgroup = File::open(dir.join("cgroup")).ok()?;
         // io and environ need ptrace rights; without them the process is still listed.
         let io = File::open(dir.join("io")).ok();
-        let cmdline = read_capped(&dir.join("cmdline"), MAX_CMDLINE)
-            .map(|bytes| {
-                let text = String::from_utf8_lossy(&bytes);
-                text.trim_end_matches('\0').replace('\0', " ")
-            })
-            .unwrap_or_default();
-        let environ = read_capped(&dir.join("environ"), MAX_ENVIRON).unwrap_or_default();
-        let env = Environment::parse(&environ);
+        let (cmdline, env) = read_image(&dir);
         self.tracked.insert(
             pid,
             Tracked {
@@ -245,6 +252,7 @@ impl ProcessTable {
                 status,
                 io,
                 cgroup,
+                comm: stat.comm.clone(),
                 cmdline,
                 app: env.app,
                 lithos_container: env.lithos_container,
@@ -256,6 +264,19 @@ impl ProcessTable {
         );
         Some(stat)
     }
+}
+
+/// The command line and environment of the program a process runs (read at its first sight
+/// and again after an exec).
+fn read_image(dir: &Path) -> (String, Environment) {
+    let cmdline = read_capped(&dir.join("cmdline"), MAX_CMDLINE)
+        .map(|bytes| {
+            let text = String::from_utf8_lossy(&bytes);
+            text.trim_end_matches('\0').replace('\0', " ")
+        })
+        .unwrap_or_default();
+    let environ = read_capped(&dir.join("environ"), MAX_ENVIRON).unwrap_or_default();
+    (cmdline, Environment::parse(&environ))
 }
 
 /// What the agent takes from a process's environment.
@@ -507,5 +528,40 @@ mod tests {
         child.wait().unwrap();
         assert!(!table.sweep(Some(1)).iter().any(|p| p.info.pid == child_pid));
         assert!(!table.tracked.contains_key(&child_pid));
+    }
+
+    #[test]
+    fn an_exec_is_seen_with_its_new_command_line() {
+        use std::io::Write;
+        let mut table = ProcessTable::new("/proc", "lithos.slice");
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read go; exec sleep 30"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let find = |table: &mut ProcessTable| {
+            table
+                .sweep(Some(1))
+                .into_iter()
+                .find(|p| p.info.pid == pid)
+                .map(|p| (p.info.name, p.info.cmdline))
+        };
+        assert_eq!(
+            find(&mut table),
+            Some(("sh".into(), "sh -c read go; exec sleep 30".into()))
+        );
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut seen = find(&mut table);
+        while seen.as_ref().is_some_and(|(name, _)| name == "sh")
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            seen = find(&mut table);
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(seen, Some(("sleep".into(), "sleep 30".into())));
     }
 }
