@@ -198,21 +198,24 @@ fn walk_dir(
         path: dir.to_owned(),
         source,
     })?;
-    let mut entries: Vec<fs::DirEntry> =
-        read.collect::<Result<_, _>>()
-            .map_err(|source| FilterError::Walk {
-                path: dir.to_owned(),
-                source,
-            })?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let name = entry.file_name().to_string_lossy().into_owned();
+    // Each name is taken once: a sort key computed per comparison would allocate it
+    // O(n log n) times.
+    let mut entries: Vec<(std::ffi::OsString, fs::DirEntry)> = read
+        .map(|entry| entry.map(|e| (e.file_name(), e)))
+        .collect::<Result<_, _>>()
+        .map_err(|source| FilterError::Walk {
+            path: dir.to_owned(),
+            source,
+        })?;
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (name, entry) in entries {
+        let path = dir.join(&name);
+        let name = name.to_string_lossy();
         let child_rel = if rel.is_empty() {
-            name.clone()
+            name.into_owned()
         } else {
             format!("{rel}/{name}")
         };
-        let path = entry.path();
         // Relative to the open directory (fstatat), like find: no lookup of the whole path.
         let meta = entry.metadata().map_err(|source| FilterError::Walk {
             path: path.clone(),
