@@ -339,40 +339,20 @@ mod tests {
     #[test]
     fn unchanged_files_are_not_read_again() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("data.txt");
-        fs::write(&file, "one").unwrap();
-        let cache_path = dir.path().join("cache");
-        // Old enough not to be racy.
-        let old = SystemTime::now() - std::time::Duration::from_secs(10);
-        fs::File::options()
-            .write(true)
-            .open(&file)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
-
-        let mut c = StatCache::load(Some(cache_path.clone()));
-        let d1 = c
-            .digest(&file, &fs::symlink_metadata(&file).unwrap())
-            .unwrap();
-        assert_eq!(c.hashed, 1);
-        c.save("cfg");
-
-        let mut c = StatCache::load(Some(cache_path.clone()));
-        let d2 = c
-            .digest(&file, &fs::symlink_metadata(&file).unwrap())
-            .unwrap();
-        assert_eq!((c.hashed, &d1), (0, &d2));
+        let file = aged_file(dir.path(), "data.txt", "one");
+        let cache = dir.path().join("cache");
+        let (hashed, first) = check(&cache, &[&file]);
+        assert_eq!(hashed, 1);
+        let (hashed, again) = check(&cache, &[&file]);
+        assert_eq!((hashed, &again), (0, &first));
 
         fs::write(&file, "two").unwrap();
-        let mut c = StatCache::load(Some(cache_path));
-        let d3 = c
-            .digest(&file, &fs::symlink_metadata(&file).unwrap())
-            .unwrap();
-        assert_eq!(c.hashed, 1);
-        assert_ne!(d1, d3);
+        let (hashed, changed) = check(&cache, &[&file]);
+        assert_eq!(hashed, 1);
+        assert_ne!(changed, first);
     }
 
+    /// Old enough not to be racy.
     fn aged_file(dir: &Path, name: &str, content: &str) -> PathBuf {
         let file = dir.join(name);
         fs::write(&file, content).unwrap();

@@ -11,36 +11,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, TOKEN, wait_for, write_config};
+use common::{Daemon, TOKEN, cantal_agent, is_root, run, wait_for, write_config};
 use serde_json::Value;
 
 const VERWALTER_PORT: u16 = 8379;
 const CANTAL_PORT: u16 = 22682;
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-fn run(args: &[&str]) {
-    let status = Command::new(args[0])
-        .args(&args[1..])
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "{args:?} failed");
-}
-
-fn cantal_agent() -> PathBuf {
-    // target/debug/deps/cluster-HASH -> target/debug/cantal-agent
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join("cantal-agent");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p cantal` (tests/run.sh builds the workspace first)",
-        path.display()
-    );
-    path
-}
 
 /// One host: namespace, addresses, cantal and verwalter.
 struct Host {

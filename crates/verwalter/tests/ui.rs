@@ -18,7 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, TOKEN, free_port, request, wait_for, write_config, write_tree};
+use common::{
+    Daemon, TOKEN, cantal_agent, free_port, is_root, request, run, wait_for, write_config,
+    write_tree,
+};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
@@ -70,10 +73,6 @@ const PAGES: &[&str] = &[
 
 const DESKTOP: (u32, u32) = (1200, 820);
 const PHONE: (u32, u32) = (360, 780);
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
 
 /// `target/ui-screenshots`, next to the test binary's profile dir.
 fn screenshot_dir() -> PathBuf {
@@ -597,15 +596,6 @@ struct Net {
 const VERWALTER_PORT: u16 = 8379;
 const CANTAL_PORT: u16 = 22682;
 
-fn run(args: &[&str]) {
-    let status = Command::new(args[0])
-        .args(&args[1..])
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "{args:?} failed");
-}
-
 impl Net {
     fn start(size: usize) -> Self {
         let pid = std::process::id();
@@ -625,26 +615,16 @@ impl Net {
             "ip",
             "addr",
             "add",
-            &format!("10.77.{subnet}.254/24"),
+            &format!("10.80.{subnet}.254/24"),
             "dev",
             &bridge,
         ]);
         run(&["ip", "link", "set", &bridge, "up"]);
-        let agent = std::env::current_exe()
-            .unwrap()
-            .ancestors()
-            .nth(2)
-            .unwrap()
-            .join("cantal-agent");
-        assert!(
-            agent.exists(),
-            "{} is missing: build the workspace",
-            agent.display()
-        );
+        let agent = cantal_agent();
         for i in 0..size {
             let ns = format!("vu{tag}n{i}");
             let (veth, inner) = (format!("vu{tag}v{i}"), format!("vu{tag}i{i}"));
-            let ip = format!("10.77.{subnet}.{}", i + 1);
+            let ip = format!("10.80.{subnet}.{}", i + 1);
             net.namespaces.push(ns.clone());
             net.ips.push(ip.clone());
             run(&["ip", "netns", "add", &ns]);

@@ -21,6 +21,33 @@ pub fn render_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_verwalter_render"))
 }
 
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Runs a setup command (`ip ...`) that must succeed.
+pub fn run(args: &[&str]) {
+    let status = Command::new(args[0])
+        .args(&args[1..])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{args:?} failed");
+}
+
+/// The workspace's `cantal-agent`, beside this test's directory of binaries.
+pub fn cantal_agent() -> PathBuf {
+    // target/debug/deps/TEST-HASH -> target/debug/cantal-agent
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("cantal-agent");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p cantal` (tests/run.sh builds the workspace first)",
+        path.display()
+    );
+    path
+}
+
 /// Writes `files` (relative path → content) below `root`.
 pub fn write_tree(root: &Path, files: &[(&str, &str)]) {
     for (path, content) in files {
