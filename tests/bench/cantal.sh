@@ -31,6 +31,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+source "$here/lib.sh"
 repo=$(cd "$here/../.." && pwd)
 out="$here/out/cantal"
 procs=${PROCS:-1000}
@@ -52,17 +54,7 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "cantal.sh: must run as root (namespaces, cgroups, packages)" >&2
     exit 1
 fi
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
-        missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo ">> installing ${missing[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q "${missing[@]}" >&2 ||
-        { apt-get update -q >&2 && apt-get install -y -q "${missing[@]}" >&2; }
-fi
+install_missing "${packages[@]}"
 if [ ! -d "$cgroot" ]; then
     echo "cantal.sh: needs the cgroup v1 cpuacct hierarchy at $cgroot" >&2
     exit 1

@@ -23,6 +23,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+source "$here/lib.sh"
 repo=$(cd "$here/../.." && pwd)
 out="$here/out/lithos"
 warmup=${WARMUP:-20}
@@ -47,17 +49,7 @@ if [ -z "${LITHOS_BENCH_INNER:-}" ]; then
             exit 1
             ;;
     esac
-    missing=()
-    for p in "${packages[@]}"; do
-        dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
-            missing+=("$p")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        echo ">> installing ${missing[*]}" >&2
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -q "${missing[@]}" >&2 ||
-            { apt-get update -q >&2 && apt-get install -y -q "${missing[@]}" >&2; }
-    fi
+    install_missing "${packages[@]}"
 
     echo ">> building lithos (release)" >&2
     (cd "$repo" && cargo build --release -q -p lithos --bins)

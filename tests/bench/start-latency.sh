@@ -17,6 +17,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+source "$here/lib.sh"
 repo=$(cd "$here/../.." && pwd)
 out="$here/out"
 warmup=${WARMUP:-20}
@@ -39,20 +41,7 @@ if [ -z "${START_LATENCY_INNER:-}" ]; then
     esac
 
     packages=(hyperfine bubblewrap crun runc busybox-static util-linux jq)
-    missing=()
-    for p in "${packages[@]}"; do
-        if ! dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
-            missing+=("$p")
-        fi
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        echo ">> installing ${missing[*]}" >&2
-        export DEBIAN_FRONTEND=noninteractive
-        if ! apt-get install -y -q "${missing[@]}" >&2; then
-            apt-get update -q >&2
-            apt-get install -y -q "${missing[@]}" >&2
-        fi
-    fi
+    install_missing "${packages[@]}"
 
     echo ">> building isolate (release)" >&2
     (cd "$repo" && cargo build --release -q -p isolation --example isolate)

@@ -17,6 +17,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+source "$here/lib.sh"
 repo=$(cd "$here/../.." && pwd)
 out="$here/out/vagga"
 report="$here/out/vagga.md"
@@ -37,20 +39,7 @@ case "$repo" in
 esac
 
 packages=(hyperfine bubblewrap systemd-container busybox-static strace findutils uidmap python3)
-missing=()
-for p in "${packages[@]}"; do
-    if ! dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
-        missing+=("$p")
-    fi
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo ">> installing ${missing[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; then
-        apt-get update -q >&2
-        apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
-    fi
-fi
+install_missing --no-install-recommends "${packages[@]}"
 
 echo ">> building vagga (release)" >&2
 (cd "$repo" && cargo build --release -q -p vagga)

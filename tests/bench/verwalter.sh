@@ -25,6 +25,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+source "$here/lib.sh"
 repo=$(cd "$here/../.." && pwd)
 bench="$here/verwalter-bench"
 out="$here/out/verwalter"
@@ -43,17 +45,7 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "verwalter.sh: must run as root (namespaces, packages)" >&2
     exit 1
 fi
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
-        missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo ">> installing ${missing[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q "${missing[@]}" >&2 ||
-        { apt-get update -q >&2 && apt-get install -y -q "${missing[@]}" >&2; }
-fi
+install_missing "${packages[@]}"
 
 echo ">> building verwalter and cantal (release)" >&2
 (cd "$repo" && cargo build --release -q -p verwalter -p cantal --bins)
