@@ -1,6 +1,7 @@
 //! The per-process sweep: one `readdir(/proc)` per scan; `stat`, `status`, `io` and `cgroup`
-//! kept open per (pid, start time) and re-read with `pread`; `cmdline` and `environ` read once
-//! when a process is first seen. A process that exits mid-scan is dropped without a word.
+//! kept open per (pid, start time) and re-read with `pread`; `cmdline` and `environ` read when
+//! a process is first seen and again when its name changes (an exec). A process that exits
+//! mid-scan is dropped without a word.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
