@@ -268,6 +268,71 @@ async fn partition_heals_into_one_cluster() {
     }
 }
 
+/// A newcomer learns the members from its seed's answer and greets each of them, so every
+/// member lists it after a couple of round trips and table rebuilds, not after gossip rounds
+/// (200 ms each, to 3 members at a time).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn newcomer_is_listed_by_everyone_at_once() {
+    let mut cluster = Cluster::new();
+    cluster.launch(10);
+    let old: Vec<usize> = (0..10).collect();
+    assert!(
+        cluster
+            .wait_for(Duration::from_secs(10), |c| c.all_alive(&old))
+            .await
+            .is_some()
+    );
+    // Let the joins' gossip die down, so only the newcomer's own effect is measured.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let newcomer = cluster.start(10, vec![addr(0)], 0);
+    cluster.nodes.push(newcomer);
+    let listed = cluster
+        .wait_for(Duration::from_secs(5), |c| {
+            old.iter()
+                .all(|&by| c.state(by, 10) == Some(PeerState::Alive))
+        })
+        .await
+        .expect("every member lists the newcomer");
+    assert!(
+        listed <= Duration::from_millis(100),
+        "listed by everyone after {listed:?}"
+    );
+}
+
+/// Two nodes cut off from each other both end up alone (foca stops probing and gossiping when
+/// it has no live member); after the heal they must find each other again on their own.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn lone_nodes_find_each_other_after_a_heal() {
+    let mut cluster = Cluster::new();
+    cluster.launch(2);
+    let both = [0usize, 1];
+    assert!(
+        cluster
+            .wait_for(Duration::from_secs(5), |c| c.all_alive(&both))
+            .await
+            .is_some()
+    );
+    cluster.nodes[0].plan.block([addr(1)]);
+    cluster.nodes[1].plan.block([addr(0)]);
+    let split = cluster
+        .wait_for(Duration::from_secs(15), |c| {
+            c.state(0, 1) == Some(PeerState::Dead) && c.state(1, 0) == Some(PeerState::Dead)
+        })
+        .await;
+    assert!(split.is_some(), "the nodes did not mark each other dead");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    for node in &cluster.nodes {
+        node.plan.heal();
+    }
+    let healed = cluster
+        .wait_for(Duration::from_secs(20), |c| c.all_alive(&both))
+        .await;
+    assert!(
+        healed.is_some(),
+        "the lone nodes did not meet again within 20 s"
+    );
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn restarted_node_replaces_its_old_self() {
     let mut cluster = Cluster::new();

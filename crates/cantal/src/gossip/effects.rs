@@ -36,6 +36,12 @@ pub struct Effects {
     pub notifications: Vec<OwnedNotification<NodeId>>,
 }
 
+impl Effects {
+    pub fn is_empty(&self) -> bool {
+        self.sends.is_empty() && self.timers.is_empty() && self.notifications.is_empty()
+    }
+}
+
 impl Runtime<NodeId> for Effects {
     fn notify(&mut self, notification: Notification<'_, NodeId>) {
         // foca reports each send right after making it: mark probe messages on the send.

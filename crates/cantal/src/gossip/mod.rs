@@ -178,6 +178,8 @@ struct Join {
     addr: SocketAddr,
     attempts: u32,
     next_at: Instant,
+    /// The pause between attempts once the quick ones are used up.
+    slow_retry: Duration,
 }
 
 type FocaInstance = Foca<NodeId, PostcardCodec, StdRng, InfoHandler>;
@@ -234,6 +236,11 @@ pub struct Gossip {
     verify_until: Instant,
     /// Silent members declared dead since the checks last ran dry.
     declared_dead: u64,
+    /// Silent members suspected (outside a flood) since the checks last ran dry.
+    declared_suspect: u64,
+    /// Members checked once outside a flood: not checked again, so a member whose replies
+    /// come from another address than it announces is suspected once, not over and over.
+    verified: HashSet<NodeId>,
     leaving: bool,
     rng: StdRng,
     log_limit: LogLimit,
@@ -277,6 +284,11 @@ const VERIFY_BATCH: usize = 200;
 const VERIFY_PACE: Duration = Duration::from_millis(100);
 /// How long members keep being checked after their number last exceeded `--max-peers`.
 const FLOOD_MEMORY: Duration = Duration::from_secs(60);
+/// A node left without live members announces to at most this many of the members it knew.
+const IDLE_REJOIN_MEMBERS: usize = 16;
+/// Outside a flood, a member learned from others is checked only if it has not sent us
+/// anything by then: a real one normally probes or greets us well before.
+const VERIFY_GRACE: Duration = Duration::from_secs(2);
 
 impl Gossip {
     /// Builds the loop and the handle the APIs use. `wall_now_ms` is the wall-clock time now.
@@ -317,6 +329,7 @@ impl Gossip {
                 addr,
                 attempts: 0,
                 next_at: now,
+                slow_retry: config.timing.join_slow_retry,
             })
             .collect();
         let gossip = Self {
@@ -353,6 +366,8 @@ impl Gossip {
             verify_next: now,
             verify_until: now,
             declared_dead: 0,
+            declared_suspect: 0,
+            verified: HashSet::new(),
             leaving: false,
             rng,
             log_limit: LogLimit::new(),
@@ -376,7 +391,7 @@ impl Gossip {
                 () = shutdown.cancelled() => break,
                 Some(command) = self.commands.recv() => match command {
                     Command::Join(addr) => {
-                        self.add_join(addr);
+                        self.add_join(addr, self.config.timing.join_slow_retry);
                         false
                     }
                 },
@@ -405,7 +420,8 @@ impl Gossip {
                     if due {
                         self.housekeeping();
                     }
-                    due
+                    // A reconcile may have greeted the members of a newly joined cluster.
+                    due || !self.effects.is_empty()
                 }
             };
             if touched {
@@ -458,7 +474,7 @@ impl Gossip {
         reached_foca
     }
 
-    fn add_join(&mut self, addr: SocketAddr) {
+    fn add_join(&mut self, addr: SocketAddr, slow_retry: Duration) {
         if addr == self.config.addr {
             return;
         }
@@ -467,6 +483,7 @@ impl Gossip {
             addr,
             attempts: 0,
             next_at: Instant::now(),
+            slow_retry,
         });
     }
 
@@ -520,7 +537,7 @@ impl Gossip {
                 let base = timing.join_first_retry * 2u32.pow(join.attempts - 1);
                 base.mul_f64(self.rng.random_range(0.5..1.5))
             } else {
-                timing.join_slow_retry
+                join.slow_retry
             };
             join.next_at = now + delay;
         }
@@ -549,12 +566,15 @@ impl Gossip {
         self.verify_members(now);
     }
 
-    /// Checks members that others told us about but that never sent us anything, while
-    /// there are more members than `--max-peers` (a flood of made-up members, which foca
-    /// alone would probe one a second): each gets an announcement, which a real agent
-    /// answers with its member list; one that stays silent through every attempt is
-    /// declared dead, and the verdict is gossiped: it replaces the alive update still
-    /// queued for dissemination, so the fakes stop spreading.
+    /// Checks members that others told us about but that never sent us anything: each gets
+    /// an announcement, which a real agent answers with its member list. foca alone would
+    /// probe them one a second, so a flood of made-up members would linger for minutes.
+    ///
+    /// While there are more members than `--max-peers` (a flood), one that stays silent
+    /// through every attempt is declared dead, and the verdict is gossiped: it replaces the
+    /// alive update still queued for dissemination, so the fakes stop spreading. Otherwise
+    /// (for example fakes learned second-hand from a flooded peer) it is only suspected,
+    /// which a real member refutes as it would a failed probe.
     fn verify_members(&mut self, now: Instant) {
         if now < self.verify_next {
             return;
@@ -571,10 +591,22 @@ impl Gossip {
             }
             if member.attempts >= VERIFY_ATTEMPTS {
                 self.unverified_addrs.remove(&addr);
-                self.declared_dead += 1;
-                let down = std::iter::once(FocaMember::down(member.node));
-                if let Err(e) = self.foca.apply_many(down, true, &mut self.effects) {
-                    tracing::debug!(%addr, error = %e, "declaring an unverified member dead");
+                let verdict = if now < self.verify_until {
+                    self.declared_dead += 1;
+                    FocaMember::down(member.node)
+                } else {
+                    self.declared_suspect += 1;
+                    self.verified.insert(member.node.clone());
+                    let incarnation = self
+                        .foca
+                        .iter_members()
+                        .find(|m| *m.id() == member.node)
+                        .map_or(0, |m| m.incarnation());
+                    FocaMember::new(member.node, incarnation, State::Suspect)
+                };
+                let verdict = std::iter::once(verdict);
+                if let Err(e) = self.foca.apply_many(verdict, true, &mut self.effects) {
+                    tracing::debug!(%addr, error = %e, "judging an unverified member");
                 }
                 continue;
             }
@@ -593,6 +625,12 @@ impl Gossip {
             tracing::warn!(
                 dead = std::mem::take(&mut self.declared_dead),
                 "checked the members never heard from; declared the silent ones dead"
+            );
+        }
+        if self.unverified.is_empty() && self.declared_suspect > 0 {
+            tracing::info!(
+                suspect = std::mem::take(&mut self.declared_suspect),
+                "members learned from others never answered; suspected them"
             );
         }
     }
@@ -665,7 +703,9 @@ impl Gossip {
         let now = Instant::now();
         let now_ms = self.clock.now_ms();
         let mut member_up = false;
-        let effects = std::mem::take(&mut self.effects);
+        let mut rejoined = false;
+        let mut idle = false;
+        let mut effects = std::mem::take(&mut self.effects);
         for notification in effects.notifications {
             match notification {
                 OwnedNotification::DataSent(header) => {
@@ -707,7 +747,9 @@ impl Gossip {
                         "declared dead by the cluster; rejoined"
                     );
                     member_up = true;
+                    rejoined = true;
                 }
+                OwnedNotification::Idle if !self.leaving => idle = true,
                 // Leaving the cluster on shutdown makes foca report this node down.
                 OwnedNotification::Defunct if !self.leaving => {
                     tracing::warn!("declared dead by the cluster and cannot rejoin");
@@ -722,6 +764,39 @@ impl Gossip {
             if self.info_due > soon {
                 self.info_due = soon;
             }
+        }
+        if idle {
+            // Every member is dead to us, and foca goes quiet: nobody is probed and nothing
+            // is gossiped, so only a member announcing to us could end it. After a split in
+            // which both sides renewed their identities at once, none may ever do so. Join
+            // again through the seeds and the members we knew, as at start.
+            let known: Vec<SocketAddr> = self
+                .foca
+                .iter_membership_state()
+                .map(|m| m.id().addr)
+                .take(IDLE_REJOIN_MEMBERS)
+                .collect();
+            // As often as a connected node announces to the dead, which heals partitions.
+            let slow_retry = self.config.timing.announce_dead_period;
+            for addr in self.config.seeds.clone().into_iter().chain(known) {
+                self.add_join(addr, slow_retry);
+            }
+        }
+        if rejoined {
+            // A rejoin leaves foca disconnected, without timers, until a member it considers
+            // alive writes to it; that may never happen when those members know only the old,
+            // dead identity (both sides of a healed split rejoining at once). Applying no
+            // update makes it reconnect and restart probing and gossip now.
+            if let Err(e) = self
+                .foca
+                .apply_many(std::iter::empty(), true, &mut self.effects)
+            {
+                tracing::debug!(error = %e, "reconnecting after a rejoin");
+            }
+            let kicked = std::mem::take(&mut self.effects);
+            effects.timers.extend(kicked.timers);
+            effects.sends.extend(kicked.sends);
+            self.effects.notifications = kicked.notifications;
         }
         for (after, timer) in effects.timers {
             self.timers.insert(timer, after);
@@ -814,16 +889,19 @@ impl Gossip {
             }
             self.verify_until = now + FLOOD_MEMORY;
         }
-        if now < self.verify_until {
-            for member in self.foca.iter_members() {
-                let addr = member.id().addr;
-                if !self.heard.contains(&addr) && self.unverified_addrs.insert(addr) {
-                    self.unverified.push_back(Unverified {
-                        node: member.id().clone(),
-                        attempts: 0,
-                        due: now,
-                    });
-                }
+        let flooded = now < self.verify_until;
+        self.verified.retain(|node| addrs.contains(&node.addr));
+        for member in self.foca.iter_members() {
+            let node = member.id();
+            if self.heard.contains(&node.addr) || (!flooded && self.verified.contains(node)) {
+                continue;
+            }
+            if self.unverified_addrs.insert(node.addr) {
+                self.unverified.push_back(Unverified {
+                    node: node.clone(),
+                    attempts: 0,
+                    due: if flooded { now } else { now + VERIFY_GRACE },
+                });
             }
         }
         self.infos
@@ -833,18 +911,36 @@ impl Gossip {
         let conflict = self.conflict.clone();
         let unverified = &self.unverified_addrs;
         self.membership.peers.update(|table, events| {
-            // Members still being checked are not listed yet: a flood never reaches the
-            // table (or the `WatchPeers` stream), and a real member is listed once it answers.
+            // During a flood, members still being checked are not listed yet: the flood never
+            // reaches the table (or the `WatchPeers` stream), and a real member is listed
+            // once it answers.
             let members: Vec<Member> = members
                 .into_iter()
                 .filter(|m| {
-                    !unverified.contains(&m.node.addr) || table.get(&m.node.machine_id()).is_some()
+                    !flooded
+                        || !unverified.contains(&m.node.addr)
+                        || table.get(&m.node.machine_id()).is_some()
                 })
                 .collect();
             table.reconcile(members, infos, infos_changed, stats, now_ms, events);
             table.conflict = conflict;
         });
         let size = self.foca.num_members() + 1;
+        if self.cluster_size == 1 && size > 2 {
+            // Just joined through a seed's member list: greet every member at once, so each
+            // lists this node within a round trip instead of after some gossip rounds.
+            let others: Vec<NodeId> = self
+                .foca
+                .iter_members()
+                .map(|m| m.id().clone())
+                .filter(|node| !self.heard.contains(&node.addr))
+                .collect();
+            for node in others {
+                if let Err(e) = self.foca.announce(node, &mut self.effects) {
+                    tracing::debug!(error = %e, "greeting announce");
+                }
+            }
+        }
         if self.cluster_size <= TRUNCATED_FEED && size > TRUNCATED_FEED {
             let now = Instant::now();
             self.catch_up = Some((now + CATCH_UP_PERIOD, now + CATCH_UP));
