@@ -131,7 +131,6 @@ impl Inputs {
     pub fn reload(&mut self, dir: &ConfigDir) -> bool {
         let mut files = BTreeMap::new();
         let mut errors = BTreeMap::new();
-        let mut log_dirs = BTreeMap::new();
         let mut paths = data_files(&dir.root.join("runtime"), 3);
         paths.extend(data_files(&dir.root.join("machine"), 1));
         for path in paths {
@@ -147,14 +146,8 @@ impl Inputs {
                 }
             }
         }
-        for path in data_files(&dir.root.join("sandbox"), 1) {
-            match parse_file::<SandboxFile>(&path) {
-                Ok(sandbox) => log_dirs.extend(sandbox.log_dirs),
-                Err(err) => {
-                    errors.insert(path, err.to_string());
-                }
-            }
-        }
+        let mut log_dirs = BTreeMap::new();
+        read_sandbox(dir, &mut log_dirs, &mut errors);
         let mut runtime = Map::new();
         let mut machine = Map::new();
         for (path, value) in &files {
@@ -194,6 +187,28 @@ impl Inputs {
         self.errors = errors;
         self.files = files;
         changed
+    }
+}
+
+/// `sandbox/*.yaml` alone: the renderer needs only these of the inputs.
+pub fn log_dirs(dir: &ConfigDir) -> BTreeMap<String, PathBuf> {
+    let mut log_dirs = BTreeMap::new();
+    read_sandbox(dir, &mut log_dirs, &mut BTreeMap::new());
+    log_dirs
+}
+
+fn read_sandbox(
+    dir: &ConfigDir,
+    log_dirs: &mut BTreeMap<String, PathBuf>,
+    errors: &mut BTreeMap<PathBuf, String>,
+) {
+    for path in data_files(&dir.root.join("sandbox"), 1) {
+        match parse_file::<SandboxFile>(&path) {
+            Ok(sandbox) => log_dirs.extend(sandbox.log_dirs),
+            Err(err) => {
+                errors.insert(path, err.to_string());
+            }
+        }
     }
 }
 

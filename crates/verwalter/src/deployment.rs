@@ -23,6 +23,7 @@ pub async fn deploy_loop(node: Arc<Node>, shutdown: CancellationToken) {
     let mut schedules = node.schedule.subscribe();
     // A schedule loaded from storage at start is in force already: its files are on disk.
     schedules.borrow_and_update();
+    let mut standby = Standby::start(&node);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -32,8 +33,42 @@ pub async fn deploy_loop(node: Arc<Node>, shutdown: CancellationToken) {
         let Some(schedule) = schedules.borrow_and_update().clone() else {
             continue;
         };
-        deploy(&node, &schedule).await;
+        deploy(&node, &schedule, &mut standby).await;
+        standby = standby.or_else(|| Standby::start(&node));
     }
+}
+
+/// A `verwalter_render` started ahead of the next render, waiting for its vars on stdin
+/// (`--vars-file -`), so the process start is not on the path of a new schedule. Each render
+/// still gets a process of its own.
+#[derive(Debug)]
+struct Standby {
+    child: tokio::process::Child,
+    /// The renderer binary's modification time at the start: a replaced binary (an upgrade)
+    /// is started afresh rather than used in its old version.
+    binary: Option<SystemTime>,
+}
+
+impl Standby {
+    /// None when it cannot start: the render then starts one itself and reports the error.
+    fn start(node: &Node) -> Option<Self> {
+        let binary = binary_mtime(&node.settings.render_binary);
+        let child = renderer_command(&node.settings).spawn().ok()?;
+        Some(Self { child, binary })
+    }
+
+    /// The waiting renderer, unless it has exited or its binary was replaced.
+    fn take(standby: &mut Option<Self>, node: &Node) -> Option<tokio::process::Child> {
+        let mut ready = standby.take()?;
+        let alive = matches!(ready.child.try_wait(), Ok(None));
+        (alive && ready.binary == binary_mtime(&node.settings.render_binary)).then_some(ready.child)
+    }
+}
+
+fn binary_mtime(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path)
+        .and_then(|meta| meta.modified())
+        .ok()
 }
 
 /// Logs a line to the global log under `marker`; a log failure is reported, not fatal.
@@ -43,7 +78,7 @@ fn log_event(node: &Node, deployment_id: &str, stream: &Stream, marker: Marker, 
     }
 }
 
-async fn deploy(node: &Node, schedule: &Schedule) {
+async fn deploy(node: &Node, schedule: &Schedule, standby: &mut Option<Standby>) {
     let now = crate::now_ms(SystemTime::now());
     let deployment_id = format!("{now}-{}", &schedule.stamp.hash[..8]);
     let global = Stream::Global;
@@ -98,9 +133,8 @@ async fn deploy(node: &Node, schedule: &Schedule) {
         node.set_error("render", Some(format!("create {}: {err}", dir.display())));
         return;
     }
-    let schedule_file = dir.join("schedule.json");
     let _ = crate::storage::write_scratch_file(
-        &schedule_file,
+        &dir.join("schedule.json"),
         &serde_json::to_vec(schedule).unwrap_or_default(),
     );
     let roles = vars::node_roles(&schedule.data, &node.settings.hostname);
@@ -110,15 +144,13 @@ async fn deploy(node: &Node, schedule: &Schedule) {
         let role_vars =
             vars::system_vars(&schedule.data, &role, &node.settings.hostname, &deployment);
         let vars_file = dir.join(format!("{role}.vars.json"));
-        if let Err(err) = crate::storage::write_scratch_file(
-            &vars_file,
-            &serde_json::to_vec(&Value::Object(role_vars)).unwrap_or_default(),
-        ) {
+        let vars = serde_json::to_vec(&Value::Object(role_vars)).unwrap_or_default();
+        if let Err(err) = crate::storage::write_scratch_file(&vars_file, &vars) {
             failures.push(format!("{role}: {err}"));
             continue;
         }
         let started = std::time::Instant::now();
-        let code = render_role(node, &vars_file, &schedule_file).await;
+        let code = render_role(node, vars, standby).await;
         tracing::debug!(role, took = ?started.elapsed(), ?code, "verwalter_render");
         let ok = code == Some(0);
         {
@@ -207,10 +239,9 @@ fn forget_dropped_roles(node: &Node, dir: &Path, roles: &[String]) {
     }
 }
 
-/// Runs `verwalter_render` for one role; the exit code, None if it could not run or was
-/// killed.
-async fn render_role(node: &Node, vars_file: &Path, schedule_file: &Path) -> Option<i32> {
-    let settings = &node.settings;
+/// `verwalter_render` reading the role's vars from stdin; the schedule file is the one
+/// `deploy` writes.
+fn renderer_command(settings: &crate::node::Settings) -> tokio::process::Command {
     let mut command = if settings.use_sudo {
         let mut sudo = tokio::process::Command::new("sudo");
         sudo.arg("-n").arg(&settings.render_binary);
@@ -220,14 +251,14 @@ async fn render_role(node: &Node, vars_file: &Path, schedule_file: &Path) -> Opt
     };
     command
         .arg("--vars-file")
-        .arg(vars_file)
+        .arg("-")
         .arg("--schedule-file")
-        .arg(schedule_file)
+        .arg(settings.runtime_dir.join("render/schedule.json"))
         .arg("--config-dir")
         .arg(&settings.config_dir)
         .arg("--log-dir")
         .arg(&settings.log_dir)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -235,16 +266,34 @@ async fn render_role(node: &Node, vars_file: &Path, schedule_file: &Path) -> Opt
     if settings.dry_run {
         command.arg("--dry-run");
     }
-    let child = match command.spawn() {
-        Ok(child) => child,
-        Err(err) => {
-            node.set_error(
-                "render",
-                Some(format!("spawn {}: {err}", settings.render_binary.display())),
-            );
-            return None;
-        }
+    command
+}
+
+/// Runs `verwalter_render` for one role (the standby if there is one), feeding it `vars`;
+/// the exit code, None if it could not run or was killed.
+async fn render_role(node: &Node, vars: Vec<u8>, standby: &mut Option<Standby>) -> Option<i32> {
+    let settings = &node.settings;
+    let mut child = match Standby::take(standby, node) {
+        Some(child) => child,
+        None => match renderer_command(settings).spawn() {
+            Ok(child) => child,
+            Err(err) => {
+                node.set_error(
+                    "render",
+                    Some(format!("spawn {}: {err}", settings.render_binary.display())),
+                );
+                return None;
+            }
+        },
     };
+    if let Some(mut stdin) = child.stdin.take() {
+        // Fed from a task of its own: vars larger than the pipe's buffer are read while the
+        // renderer runs.
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = stdin.write_all(&vars).await;
+        });
+    }
     let pid = child.id();
     match tokio::time::timeout(RENDER_KILL_AFTER, child.wait_with_output()).await {
         Ok(Ok(output)) => {

@@ -1,11 +1,12 @@
-//! HTTP requests to other verwalters: schedules and pending actions (keep-alive, 3 s timeout).
+//! HTTP requests to other verwalters: schedules and pending actions, and the leader's pushes
+//! of new schedules (keep-alive, 3 s timeout).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -40,12 +41,14 @@ pub enum FetchError {
     Body { url: String, message: String },
     #[error("schedule from {url}: hash does not match its data")]
     BadHash { url: String },
+    #[error("POST {url}: {message}")]
+    Push { url: String, message: String },
 }
 
 /// A keep-alive HTTP client.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Default for Fetcher {
@@ -111,6 +114,44 @@ impl Fetcher {
             return Err(FetchError::BadHash { url });
         }
         Ok(reply)
+    }
+
+    /// Sends a new schedule (the body of `GET /v1/schedule`) to the follower at `addr`.
+    pub async fn push_schedule(&self, addr: SocketAddr, body: Bytes) -> Result<(), FetchError> {
+        let url = format!("http://{addr}/v1/push_schedule");
+        let failed = |message: String| FetchError::Push {
+            url: url.clone(),
+            message,
+        };
+        let request = hyper::Request::post(&url)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|err| failed(err.to_string()))?;
+        let send = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|err| failed(err.to_string()))?;
+            let status = response.status();
+            if status.is_success() {
+                return Ok(());
+            }
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map(|collected| collected.to_bytes())
+                .unwrap_or_default();
+            Err(failed(format!(
+                "HTTP {}: {}",
+                status.as_u16(),
+                String::from_utf8_lossy(&body).trim()
+            )))
+        };
+        tokio::time::timeout(TIMEOUT, send)
+            .await
+            .map_err(|_| failed(format!("timed out after {TIMEOUT:?}")))?
     }
 
     /// A schedule `addr` held, by its stamp's hash (a merge parent).

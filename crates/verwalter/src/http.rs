@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path as UrlPath, Request, State};
+use axum::extract::{ConnectInfo, Path as UrlPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cantal;
 use crate::election::State as ElectionState;
 use crate::node::{self, Node};
-use crate::{ui, vars};
+use crate::{propagation, ui, vars};
 
 type Shared = Arc<Node>;
 
@@ -39,7 +39,9 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(node))
+    // The sender's address tells a follower whether a pushed schedule comes from its leader.
+    let service = app(node).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }
@@ -51,6 +53,7 @@ pub fn app(node: Shared) -> Router {
         .route("/v1/peers", get(peers))
         .route("/v1/election", get(election))
         .route("/v1/schedule", get(schedule))
+        .route("/v1/push_schedule", post(push_schedule))
         .route("/v1/scheduler_input", get(scheduler_input))
         .route("/v1/scheduler_debug_info", get(scheduler_debug_info))
         .route("/v1/backups", get(backups))
@@ -152,21 +155,8 @@ async fn pretty(mut request: Request, next: Next) -> Response {
     }
 }
 
-/// Checks a write request: token (401), content type (415), JSON body (400).
-fn write_body(node: &Node, headers: &HeaderMap, body: &Bytes) -> Result<Value, Rejection> {
-    if let Some(token) = &node.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
-            return Err(Rejection::new(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong token (Authorization: Bearer <token>)",
-            ));
-        }
-    }
+/// A write's `Content-Type` must be `application/json` (else 415).
+fn require_json_type(headers: &HeaderMap) -> Result<(), Rejection> {
     let json_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -182,6 +172,25 @@ fn write_body(node: &Node, headers: &HeaderMap, body: &Bytes) -> Result<Value, R
             "Content-Type must be application/json",
         ));
     }
+    Ok(())
+}
+
+/// Checks a write request: token (401), content type (415), JSON body (400).
+fn write_body(node: &Node, headers: &HeaderMap, body: &Bytes) -> Result<Value, Rejection> {
+    if let Some(token) = &node.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+            return Err(Rejection::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong token (Authorization: Bearer <token>)",
+            ));
+        }
+    }
+    require_json_type(headers)?;
     if body.is_empty() {
         return Ok(Value::Null);
     }
@@ -287,6 +296,11 @@ async fn status(State(node): State<Shared>) -> Response {
     let leader = leader_json(&node);
     let state = node.state();
     let mut metrics = node.counters.snapshot();
+    if let (Some(metrics), Value::Object(propagation)) =
+        (metrics.as_object_mut(), node.propagation.snapshot())
+    {
+        metrics.extend(propagation);
+    }
     metrics["pending_actions"] = json!(state.actions.len());
     let stats = state.scheduler.stats;
     ok_json(json!({
@@ -371,11 +385,43 @@ async fn schedule(State(node): State<Shared>) -> Response {
     let Some(current) = node.current() else {
         return error(StatusCode::NOT_FOUND, "no schedule yet");
     };
-    let state = node.state();
-    let mut body = serde_json::to_value(&*current).unwrap_or(Value::Null);
-    body["pending_actions"] = json!(state.actions);
-    body["frozen"] = json!(state.frozen);
-    ok_json(body)
+    ok_json(propagation::reply_body(&node, &current))
+}
+
+/// The leader's push of a new schedule (`propagation`): no token, as the hosts do not share
+/// one; accepted only from the address of the leader this node follows.
+async fn push_schedule(State(node): State<Shared>, request: Request) -> Response {
+    let from = request
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0);
+    if let Err(rejection) = require_json_type(request.headers()) {
+        return rejection.into_response();
+    }
+    let Some(from) = from else {
+        return error(StatusCode::FORBIDDEN, "sender address unknown");
+    };
+    let received = match axum::body::to_bytes(request.into_body(), propagation::PUSH_LIMIT).await {
+        Ok(body) => propagation::receive(&node, from, &body),
+        Err(_) => Err(propagation::PushRejection::TooLarge),
+    };
+    match received {
+        Ok(new) => ok_json(json!({"installed": new})),
+        Err(err) => {
+            node.propagation
+                .push_rejected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(peer = %from, error = %err, "pushed schedule refused; it is fetched after the leader's Ping");
+            let status = match err {
+                propagation::PushRejection::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                propagation::PushRejection::BadJson(_)
+                | propagation::PushRejection::BadHash { .. } => StatusCode::BAD_REQUEST,
+                propagation::PushRejection::Leader => StatusCode::CONFLICT,
+                propagation::PushRejection::NotFromLeader { .. } => StatusCode::FORBIDDEN,
+            };
+            error(status, err.to_string())
+        }
+    }
 }
 
 async fn scheduler_input(State(node): State<Shared>) -> Response {
@@ -505,10 +551,11 @@ async fn action_is_pending(State(node): State<Shared>, UrlPath(id): UrlPath<Stri
 }
 
 /// The common start of `action` and `wait_action`: checks, rate limit, registration.
-fn register(
-    node: &Node,
+async fn register(
+    node: &Shared,
     headers: &HeaderMap,
     body: &Bytes,
+    waiter: Option<oneshot::Sender<Option<Value>>>,
 ) -> Result<(String, crate::election::ActionDigest), Rejection> {
     let action = write_body(node, headers, body)?;
     require_leader(node)?;
@@ -523,11 +570,11 @@ fn register(
             "more than 1000 actions per second",
         ));
     }
-    Ok(node.register_action(action))
+    Ok(node.register_action(action, waiter).await)
 }
 
 async fn action(State(node): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let (id, digest) = match register(&node, &headers, &body) {
+    let (id, digest) = match register(&node, &headers, &body, None).await {
         Ok(registered) => registered,
         Err(rejection) => return rejection.into_response(),
     };
@@ -542,15 +589,10 @@ async fn action(State(node): State<Shared>, headers: HeaderMap, body: Bytes) -> 
 
 async fn wait_action(State(node): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let (sender, receiver) = oneshot::channel();
-    let id = match register(&node, &headers, &body) {
+    let id = match register(&node, &headers, &body, Some(sender)).await {
         Ok((id, _)) => id,
         Err(rejection) => return rejection.into_response(),
     };
-    node.state()
-        .waiters
-        .entry(id.clone())
-        .or_default()
-        .push(sender);
     match tokio::time::timeout(WAIT_ACTION, receiver).await {
         Ok(Ok(Some(reply))) => ok_json(reply),
         Ok(Ok(None)) => StatusCode::NO_CONTENT.into_response(),
@@ -590,7 +632,7 @@ async fn rollback(State(node): State<Shared>, headers: HeaderMap, body: Bytes) -
             "body must be {\"backup\": \"<name>\"}",
         );
     };
-    match node::rollback(&node, name) {
+    match node::rollback(&node, name).await {
         Some(schedule) => ok_json(json!({"ok": true, "hash": schedule.stamp.hash, "frozen": true})),
         None => error(StatusCode::NOT_FOUND, format!("no backup {name:?}")),
     }

@@ -19,6 +19,7 @@ pub mod fetch;
 pub mod http;
 pub mod id_hex;
 pub mod node;
+pub mod propagation;
 pub mod recipe;
 pub mod renderer;
 pub mod schedule;

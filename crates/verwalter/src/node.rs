@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -26,6 +27,7 @@ use crate::deploy_log::DeployLog;
 use crate::election::runner::{PacketCounters, Report, Status};
 use crate::election::{ActionDigest, Event, Local, State, View};
 use crate::fetch::Fetcher;
+use crate::propagation;
 use crate::schedule::{Schedule, Stamp};
 use crate::scheduler::{self, Limits, Stats};
 use crate::storage::Storage;
@@ -151,6 +153,34 @@ pub struct Node {
     pub metrics: cantal::MetricsCache,
     /// (leader, its schedule, its actions) from the last leader Ping, for the follower loop.
     pub wanted: watch::Sender<Option<(MachineId, Option<Stamp>, ActionDigest)>>,
+    /// What [`Node::persist`] last stored.
+    persisted: Mutex<Persisted>,
+    pub propagation: PropagationCounters,
+}
+
+/// Hash of the stored schedule and digest of the stored actions.
+#[derive(Debug, Default)]
+struct Persisted {
+    schedule: Option<String>,
+    actions: Option<ActionDigest>,
+}
+
+/// How schedules reached this node (`/v1/status` `metrics`).
+#[derive(Debug, Default)]
+pub struct PropagationCounters {
+    pub pushed_in: AtomicU64,
+    pub push_rejected: AtomicU64,
+    pub fetched: AtomicU64,
+}
+
+impl PropagationCounters {
+    pub fn snapshot(&self) -> Value {
+        json!({
+            "schedules_pushed_in": self.pushed_in.load(Ordering::Relaxed),
+            "schedules_push_rejected": self.push_rejected.load(Ordering::Relaxed),
+            "schedules_fetched": self.fetched.load(Ordering::Relaxed),
+        })
+    }
 }
 
 /// Channels a node is built from.
@@ -184,6 +214,10 @@ impl Node {
         if let Some(schedule) = &schedule {
             state.remember(&schedule.stamp.hash);
         }
+        let persisted = Persisted {
+            schedule: schedule.as_ref().map(|s| s.stamp.hash.clone()),
+            actions: Some(actions::digest(&state.actions)),
+        };
         let log = DeployLog::new(&settings.log_dir);
         let node = Self {
             id,
@@ -205,6 +239,8 @@ impl Node {
             rate: Mutex::new(RateWindow::default()),
             metrics: cantal::MetricsCache::new(cantal::METRICS_REUSE),
             wanted: watch::Sender::new(None),
+            persisted: Mutex::new(persisted),
+            propagation: PropagationCounters::default(),
             settings,
         };
         node.refresh_local();
@@ -265,29 +301,92 @@ impl Node {
         }
     }
 
-    /// Makes `schedule` the one in force: stored, rendered, announced, then backed up (the
-    /// backups' writes do not delay the announcement).
-    pub fn install(&self, schedule: Schedule) {
-        if let Err(err) = self.storage.save_schedule(&schedule) {
-            tracing::error!(error = %err, "cannot store schedule");
-            self.set_error("storage", Some(err.to_string()));
-        }
-        self.state().remember(&schedule.stamp.hash);
-        tracing::info!(hash = %schedule.stamp.hash, origin = %schedule.stamp.origin, "schedule in force");
+    /// Makes `schedule` the one in force: rendering starts and the next Pong reports it.
+    /// Storing it is [`Node::persist`]'s job, so the sync does not delay rendering or the
+    /// push to followers.
+    pub fn install(&self, schedule: Schedule) -> Arc<Schedule> {
         let schedule = Arc::new(schedule);
-        self.schedule.send_replace(Some(Arc::clone(&schedule)));
-        self.refresh_local();
-        self.ping_now.notify_one();
-        if let Err(err) = self.storage.backup_schedule(&schedule) {
+        self.put_in_force(&schedule, |_, _| true);
+        schedule
+    }
+
+    /// [`Node::install`] for a schedule from the leader, unless the one in force has the same
+    /// hash, or (with `keep_newer`, for pushes, which may arrive late) is newer from the same
+    /// origin. A fetch is the leader's current answer and replaces anything else: a push and
+    /// a fetch may both bring a schedule, in any order. True when it was put in force.
+    pub fn install_new(&self, schedule: Schedule, keep_newer: bool) -> bool {
+        self.put_in_force(&Arc::new(schedule), |current, new| {
+            current.is_none_or(|current| {
+                let newer_here = current.stamp.origin == new.stamp.origin
+                    && current.stamp.timestamp > new.stamp.timestamp;
+                current.stamp.hash != new.stamp.hash && !(keep_newer && newer_here)
+            })
+        })
+    }
+
+    fn put_in_force(
+        &self,
+        schedule: &Arc<Schedule>,
+        wanted: impl FnOnce(Option<&Schedule>, &Schedule) -> bool,
+    ) -> bool {
+        let replaced = self.schedule.send_if_modified(|current| {
+            let replace = wanted(current.as_deref(), schedule);
+            if replace {
+                *current = Some(Arc::clone(schedule));
+            }
+            replace
+        });
+        if replaced {
+            self.state().remember(&schedule.stamp.hash);
+            tracing::info!(hash = %schedule.stamp.hash, origin = %schedule.stamp.origin, "schedule in force");
+            self.refresh_local();
+        }
+        replaced
+    }
+
+    /// Stores the schedule in force and the pending actions (each synced, then renamed into
+    /// place) when they changed since the last call, then backs the schedule up. Calls are
+    /// serialised and always write the newest state, so the files only move forward.
+    pub fn persist(&self) {
+        let mut persisted = self
+            .persisted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Actions first: an action leaves the pending set only after the schedule carrying
+        // its effect is in force, so the schedule read next is at least that new, and
+        // schedule.json is synced before an actions.json without the action.
+        let actions = self.state().actions.clone();
+        let schedule = self
+            .current()
+            .filter(|schedule| persisted.schedule.as_ref() != Some(&schedule.stamp.hash));
+        if let Some(schedule) = &schedule {
+            match self.storage.save_schedule(schedule) {
+                Ok(()) => persisted.schedule = Some(schedule.stamp.hash.clone()),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot store schedule");
+                    self.set_error("storage", Some(err.to_string()));
+                }
+            }
+        }
+        let digest = actions::digest(&actions);
+        if persisted.actions.as_ref() != Some(&digest) {
+            match self.storage.save_actions(&actions) {
+                Ok(()) => persisted.actions = Some(digest),
+                Err(err) => tracing::error!(error = %err, "cannot store actions"),
+            }
+        }
+        if let Some(schedule) = schedule
+            && let Err(err) = self.storage.backup_schedule(&schedule)
+        {
             tracing::error!(error = %err, "cannot back up schedule");
             self.set_error("storage", Some(err.to_string()));
         }
     }
 
-    pub fn save_actions(&self, actions: &BTreeMap<String, Value>) {
-        if let Err(err) = self.storage.save_actions(actions) {
-            tracing::error!(error = %err, "cannot store actions");
-        }
+    /// [`Node::persist`] on a blocking thread; await the handle to know the state is stored.
+    pub fn persist_soon(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let node = Arc::clone(self);
+        tokio::task::spawn_blocking(move || node.persist())
     }
 
     pub fn set_frozen(&self, frozen: bool) {
@@ -306,18 +405,29 @@ impl Node {
         }
     }
 
-    /// Registers an action on the leader; returns its id and the digest that contains it.
-    pub fn register_action(&self, action: Value) -> (String, ActionDigest) {
-        let (id, digest, snapshot) = {
+    /// Registers an action on the leader, with `waiter` for the scheduler's reply; returns its
+    /// id and the digest that contains it once the action is stored. The scheduler run it
+    /// wakes goes on meanwhile: the run's own store of the pending actions comes after this
+    /// one ([`Node::persist`]).
+    pub async fn register_action(
+        self: &Arc<Self>,
+        action: Value,
+        waiter: Option<oneshot::Sender<Option<Value>>>,
+    ) -> (String, ActionDigest) {
+        let (id, digest) = {
             let mut state = self.state();
             let id = actions::new_id(&state.actions, SystemTime::now());
             state.actions.insert(id.clone(), action);
-            (id, actions::digest(&state.actions), state.actions.clone())
+            // With the action: the run may finish before the store below does.
+            if let Some(waiter) = waiter {
+                state.waiters.entry(id.clone()).or_default().push(waiter);
+            }
+            (id, actions::digest(&state.actions))
         };
-        self.save_actions(&snapshot);
         self.refresh_local();
         self.ping_now.notify_one();
         self.scheduler_wake.notify_one();
+        let _ = self.persist_soon().await;
         (id, digest)
     }
 
@@ -632,7 +742,7 @@ pub async fn scheduler_loop(node: Arc<Node>, shutdown: CancellationToken) {
 }
 
 /// One scheduler run on the leader, publishing the result unless frozen or unchanged.
-pub async fn schedule_once(node: &Node) {
+pub async fn schedule_once(node: &Arc<Node>) {
     let started = std::time::Instant::now();
     let input = node.scheduler_input(None).await;
     let input_ready = started.elapsed();
@@ -684,11 +794,6 @@ pub async fn schedule_once(node: &Node) {
                     None
                 } else {
                     state.scheduler.plan = None;
-                    // The actions were seen and the parents merged: the published (or the
-                    // unchanged) schedule now carries their effect.
-                    for id in &used_actions {
-                        state.actions.remove(id);
-                    }
                     state
                         .parents
                         .retain(|parent| !used_parents.contains(&parent.stamp.hash));
@@ -701,30 +806,42 @@ pub async fn schedule_once(node: &Node) {
     };
     match publish {
         Some((changed, data)) => {
-            // The schedule first: it is announced before the actions' write, and a crash in
-            // between keeps the consumed actions on disk rather than losing them (spec: an
-            // action is removed only by a published schedule).
-            if changed {
-                node.install(Schedule::new(data, now, node.id));
-            } else {
-                node.refresh_local();
-                node.ping_now.notify_one();
+            // The actions were seen: the published (or the unchanged) schedule now carries
+            // their effect. They leave the pending set after that schedule is in force, so a
+            // crash keeps a consumed action on disk rather than losing it (spec: an action
+            // is removed only by a published schedule; `persist` stores in that order).
+            let schedule = changed.then(|| node.install(Schedule::new(data, now, node.id)));
+            {
+                let mut state = node.state();
+                for id in &used_actions {
+                    state.actions.remove(id);
+                }
             }
-            // Read again: an action registered meanwhile must not be dropped from the file.
-            let actions = node.state().actions.clone();
-            node.save_actions(&actions);
+            node.refresh_local();
+            let stored = node.persist_soon();
+            if let Some(schedule) = schedule {
+                propagation::push(node, &schedule).await;
+            }
+            // After the pushes: a follower that took the schedule sees its own hash in the
+            // Ping and does not fetch it.
+            node.ping_now.notify_one();
+            let _ = stored.await;
         }
         None => node.refresh_local(),
     }
 }
 
 /// Publishes a backup's data as the schedule in force and freezes the scheduler.
-pub fn rollback(node: &Node, name: &str) -> Option<Schedule> {
+pub async fn rollback(node: &Arc<Node>, name: &str) -> Option<Arc<Schedule>> {
     let backup = node.storage.backup(name)?;
     let mut schedule = Schedule::new(backup.data, crate::now_ms(SystemTime::now()), node.id);
     schedule.stamp.rollback_of = Some(name.to_owned());
     node.set_frozen(true);
-    node.install(schedule.clone());
+    let schedule = node.install(schedule);
+    let stored = node.persist_soon();
+    propagation::push(node, &schedule).await;
+    node.ping_now.notify_one();
+    let _ = stored.await;
     Some(schedule)
 }
 
@@ -775,17 +892,10 @@ pub async fn follower_loop(node: Arc<Node>, shutdown: CancellationToken) {
                     retry = true;
                 }
                 Ok(reply) => {
-                    let actions = reply.pending_actions.clone();
-                    {
-                        let mut state = node.state();
-                        state.fetch_state = "ok".into();
-                        state.actions = actions.clone();
-                    }
-                    // Rendering starts with the install; the actions' write need not delay it.
-                    if Some(&reply.schedule.stamp.hash) != ours.as_ref() {
-                        node.install(reply.schedule);
-                    }
-                    node.save_actions(&actions);
+                    node.propagation.fetched.fetch_add(1, Ordering::Relaxed);
+                    node.state().fetch_state = "ok".into();
+                    propagation::take(&node, reply.schedule, reply.pending_actions, false);
+                    let _ = node.persist_soon().await;
                     retry = reply_is_older(&stamp, node.current().as_deref());
                 }
                 Err(err) => {
@@ -798,8 +908,9 @@ pub async fn follower_loop(node: Arc<Node>, shutdown: CancellationToken) {
         if actions::digest(&node.state().actions) != digest {
             match node.fetcher.pending_actions(addr).await {
                 Ok(actions) => {
-                    node.state().actions = actions.clone();
-                    node.save_actions(&actions);
+                    node.state().actions = actions;
+                    // Stored before the Pong reports it: `replicated` means held on disk.
+                    let _ = node.persist_soon().await;
                     node.refresh_local();
                 }
                 Err(err) => {

@@ -66,10 +66,8 @@ fn one_node_schedules_renders_and_logs_the_deployment() {
     wait_leader(daemon);
     let conf = node.out.join("web.conf");
     wait_file(&conf, "n=2 node=solo counter=0\n", daemon);
-    assert_eq!(
-        fs::read_to_string(node.out.join("extra.conf")).unwrap(),
-        "role=web\n"
-    );
+    // The role's second `!Copy` lands a moment after the first.
+    wait_file(&node.out.join("extra.conf"), "role=web\n", daemon);
 
     // The hash is SHA-1 of the canonical data.
     let schedule = daemon.json("/v1/schedule");
@@ -305,6 +303,7 @@ fn a_broken_template_touches_no_file_and_marks_the_role_failed() {
     let conf = node.out.join("web.conf");
     let extra = node.out.join("extra.conf");
     wait_file(&conf, "n=2 node=solo counter=0\n", daemon);
+    wait_file(&extra, "role=web\n", daemon);
     let snapshot = |path: &std::path::Path| {
         (
             fs::read(path).unwrap(),

@@ -288,3 +288,42 @@ fn peek_log_records_the_external_log_offset_in_the_index() {
     let output = render(&config, &log, &json!({"template": "x/v1"}), &[]);
     assert_eq!(output.status.code(), Some(20));
 }
+
+#[test]
+fn vars_from_stdin_as_the_daemon_feeds_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, out) = role(tmp.path());
+    let log = tmp.path().join("log");
+    let run = |stdin: String| {
+        Command::new(render_bin())
+            .arg("--vars-file")
+            .arg("-")
+            .arg("--config-dir")
+            .arg(&config)
+            .arg("--log-dir")
+            .arg(&log)
+            .write_stdin(stdin)
+            .output()
+            .unwrap()
+    };
+    let vars = json!({"template": "app/v1", "role": "app", "n": 4, "verwalter_version": verwalter::VERSION});
+    let output = run(vars.to_string());
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("split/alpha.conf")).unwrap(),
+        "n=4\n"
+    );
+    // Not JSON, or not an object: bad vars, nothing applied.
+    for bad in ["{\"n\": ", "[1, 2]"] {
+        let output = run(bad.to_owned());
+        assert_eq!(output.status.code(), Some(3), "{bad}");
+    }
+    assert_eq!(
+        fs::read_to_string(out.join("split/alpha.conf")).unwrap(),
+        "n=4\n"
+    );
+}

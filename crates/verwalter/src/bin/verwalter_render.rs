@@ -17,7 +17,8 @@ use verwalter::renderer::{self, Job, Mode, RenderError};
 struct Args {
     /// The role's vars as a JSON object (as the daemon writes them).
     vars_json: Option<String>,
-    /// Read the role's vars from this file instead.
+    /// Read the role's vars from this file instead (JSON or YAML by extension); `-` reads
+    /// JSON from stdin (the daemon starts the renderer before the vars are known).
     #[arg(long, conflicts_with = "vars_json")]
     vars_file: Option<PathBuf>,
     /// A schedule (`/v1/schedule` or its `data`); with `--check` and no vars, every role of
@@ -61,7 +62,6 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<(), RenderError> {
     let config = ConfigDir::new(&args.config_dir);
-    let inputs = Inputs::load(&config);
     let mode = if args.check {
         Mode::Check {
             dir: args.check_dir.clone(),
@@ -72,23 +72,27 @@ fn run(args: &Args) -> Result<(), RenderError> {
     } else {
         Mode::Apply
     };
-    let schedule = args
-        .schedule_file
-        .as_ref()
-        .map(|path| read_json(path))
-        .transpose()?;
+    // One role (the daemon's case) reads its vars and `sandbox/` only: the schedule is in
+    // the vars already (`full_schedule`), and `runtime/` and `machine/` are the daemon's.
     let jobs: Vec<(String, Map<String, Value>)> = match (&args.vars_json, &args.vars_file) {
         (Some(text), _) => vec![(String::new(), parse_vars(text)?)],
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .map_err(|err| RenderError::BadVars(format!("stdin: {err}")))?;
+            vec![(String::new(), parse_vars(&text)?)]
+        }
         (None, Some(path)) => vec![(String::new(), as_object(read_json(path)?)?)],
         (None, None) => {
-            let Some(schedule) = schedule.filter(|_| args.check) else {
+            let Some(path) = args.schedule_file.as_ref().filter(|_| args.check) else {
                 return Err(RenderError::BadVars(
                     "give VARS_JSON or --vars-file (or --check with --schedule-file)".into(),
                 ));
             };
-            every_role(&schedule, &inputs)
+            every_role(&read_json(path)?, &Inputs::load(&config))
         }
     };
+    let log_dirs = verwalter::config::log_dirs(&config);
     let many = jobs.len() > 1;
     for (label, vars) in jobs {
         let mode = match (&mode, many) {
@@ -109,7 +113,7 @@ fn run(args: &Args) -> Result<(), RenderError> {
             log_dir: args.log_dir.clone(),
             vars,
             mode,
-            log_dirs: inputs.log_dirs.clone(),
+            log_dirs: log_dirs.clone(),
         };
         let report = renderer::render(&job).inspect_err(|err| {
             if many {
