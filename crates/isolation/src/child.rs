@@ -122,6 +122,12 @@ pub(crate) fn apply(op: &Op) -> Result<(), Errno> {
             Err(Errno::EEXIST) => Ok(()),
             other => other,
         },
+        Op::SeededTmpfs {
+            seed,
+            target,
+            data,
+            owner,
+        } => crate::seed::seeded_tmpfs(seed, target, data, *owner),
         Op::Chmod { path, mode } => fchmodat(
             nix::fcntl::AT_FDCWD,
             path.as_c_str(),

@@ -8,6 +8,7 @@ use caps::Capability;
 use nix::sys::signal::Signal;
 
 use crate::cgroup::CgroupSpec;
+use crate::netns::NetworkNamespace;
 
 /// One line of a uid or gid map: `count` ids from `inside` map to `outside` on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +50,22 @@ pub enum Volume {
         mode: u32,
         subdirs: Vec<(PathBuf, u32)>,
     },
+    /// A fresh tmpfs with a size limit, filled when the container starts with a copy of the
+    /// contents of `seed` (a host path, read before anything is mounted over it: it may be
+    /// the mount point in the image). The copy keeps modes and owners, except the ids
+    /// `owner` replaces; its root takes the mode of `seed`. Writes vanish with the container.
+    SeededTmpfs {
+        size: Option<u64>,
+        seed: PathBuf,
+        owner: Owner,
+    },
+}
+
+/// Ids (inside the container) given to every copied file instead of the original's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 /// Where a standard stream of the container goes.
@@ -77,6 +94,7 @@ pub struct Container {
     pub(crate) workdir: PathBuf,
     pub(crate) hostname: Option<OsString>,
     pub(crate) network_namespace: bool,
+    pub(crate) joined_network: Option<NetworkNamespace>,
     pub(crate) user_namespace: Option<UserNamespace>,
     pub(crate) uid: u32,
     pub(crate) gid: u32,
@@ -113,6 +131,7 @@ impl Container {
             workdir: PathBuf::from("/"),
             hostname: None,
             network_namespace: false,
+            joined_network: None,
             user_namespace: None,
             uid: 0,
             gid: 0,
@@ -175,6 +194,14 @@ impl Container {
     /// Gives the container its own network namespace (only `lo`, down).
     pub fn network_namespace(&mut self, enabled: bool) -> &mut Self {
         self.network_namespace = enabled;
+        self
+    }
+
+    /// Runs the container in an existing network namespace (shared with other containers)
+    /// instead of the caller's; overrides [`Container::network_namespace`]. The spawning
+    /// thread enters it for the `clone3`, which needs `CAP_SYS_ADMIN` (root).
+    pub fn join_network_namespace(&mut self, ns: NetworkNamespace) -> &mut Self {
+        self.joined_network = Some(ns);
         self
     }
 

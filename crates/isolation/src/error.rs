@@ -35,6 +35,8 @@ pub enum Step {
     CreateFile,
     /// Setting the mode of a path.
     Chmod,
+    /// Mounting a tmpfs and copying a directory into it.
+    Seed,
     /// Creating a symlink.
     Symlink,
     /// Switching to the new root.
@@ -77,6 +79,7 @@ impl fmt::Display for Step {
             Step::Mkdir => "mkdir",
             Step::CreateFile => "create",
             Step::Chmod => "chmod",
+            Step::Seed => "seed tmpfs from",
             Step::Symlink => "symlink",
             Step::PivotRoot => "pivot_root",
             Step::DetachOldRoot => "detach old root",
@@ -125,6 +128,9 @@ pub enum SpawnError {
     /// Duplicating a file descriptor to pass failed.
     #[error("duplicate fd {fd}: {reason}")]
     DupFd { fd: i32, reason: OsReason },
+    /// Entering a shared network namespace to start the container in it failed.
+    #[error("enter the shared network namespace: {0}")]
+    JoinNetwork(OsReason),
     /// `clone3` failed (namespaces not permitted, limits reached).
     #[error("clone3 with flags {flags:#x}: {reason}")]
     Clone { flags: u64, reason: OsReason },

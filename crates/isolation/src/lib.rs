@@ -28,17 +28,20 @@ mod error;
 pub mod fd;
 mod idmap;
 mod init;
+mod netns;
 pub mod pidfd;
 mod plan;
 mod process;
 pub mod reexec;
+mod seed;
 
 pub use caps::Capability;
 pub use cgroup::{Cgroup, CgroupSpec, CgroupVersion, Hierarchies, Limits, Usage};
-pub use container::{Container, IdMap, MapWriter, Stdio, UserNamespace, Volume};
+pub use container::{Container, IdMap, MapWriter, Owner, Stdio, UserNamespace, Volume};
 pub use error::{
     CgroupError, FdError, OsReason, PidfdError, ProcessError, ReexecError, SpawnError, Step,
 };
+pub use netns::{NetworkNamespace, NetworkNamespaceError};
 pub use nix::sys::signal::Signal;
 pub use plan::DEFAULT_PATH;
 pub use process::{Child, ExitStatus};

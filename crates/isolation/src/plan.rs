@@ -18,7 +18,7 @@ use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 
-use crate::container::{Container, Stdio, Volume};
+use crate::container::{Container, Owner, Stdio, Volume};
 use crate::error::{OsReason, SpawnError, Step};
 
 /// `PATH` used to find a program named without a slash when the container sets none.
@@ -70,6 +70,13 @@ pub(crate) enum Op {
     Mkdir {
         path: CString,
         mode: u32,
+    },
+    /// Mounts a tmpfs on `target` and copies the contents of `seed` into it.
+    SeededTmpfs {
+        seed: CString,
+        target: CString,
+        data: CString,
+        owner: Owner,
     },
     Chmod {
         path: CString,
@@ -363,6 +370,25 @@ impl Builder {
                 }
                 Ok(())
             }
+            Volume::SeededTmpfs { size, seed, owner } => {
+                let mut data = String::from("mode=700");
+                if let Some(size) = size {
+                    data.push_str(&format!(",size={size}"));
+                }
+                let op = Op::SeededTmpfs {
+                    seed: path_cstring(seed)?,
+                    target: path_cstring(&target)?,
+                    data: cstring("mount options", data.as_bytes())?,
+                    owner: *owner,
+                };
+                self.ops.push(op);
+                self.subjects.push(Subject {
+                    step: Step::Seed,
+                    path: seed.clone(),
+                    mount_point: Some(target),
+                });
+                Ok(())
+            }
         }
     }
 }
@@ -519,7 +545,8 @@ impl Plan {
             let ro =
                 MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
             // sysfs may only be mounted by the owner of the network namespace.
-            if c.user_namespace.is_none() || c.network_namespace {
+            let own_netns = c.network_namespace && c.joined_network.is_none();
+            if c.user_namespace.is_none() || own_netns {
                 b.mount("sysfs", &sys, "sysfs", ro, None)?;
             } else {
                 let attrs =
@@ -553,8 +580,10 @@ impl Plan {
             b.push(Op::SetNofile { limit }, Step::SetRlimit, "RLIMIT_NOFILE");
         }
         if let Some(keep) = &c.capabilities {
-            // Capabilities newer than the running kernel cannot be dropped: skip them.
-            let supported = caps::runtime::thread_all_supported();
+            // Capabilities newer than the running kernel cannot be dropped: skip them. One read
+            // of `cap_last_cap` says which exist; probing each one is the fallback without /proc.
+            let supported = caps::runtime::procfs_all_supported(None)
+                .unwrap_or_else(|_| caps::runtime::thread_all_supported());
             let drop: Vec<u32> = supported
                 .into_iter()
                 .filter(|cap| !keep.contains(cap))

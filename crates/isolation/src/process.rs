@@ -13,6 +13,7 @@ use crate::child;
 use crate::container::Container;
 use crate::error::{OsReason, ProcessError, SpawnError};
 use crate::idmap;
+use crate::netns;
 use crate::pidfd;
 use crate::plan::{Plan, raise_fd};
 
@@ -143,18 +144,30 @@ impl Container {
             | libc::CLONE_NEWUTS
             | libc::CLONE_NEWIPC
             | libc::CLONE_PIDFD) as u64;
-        if self.network_namespace {
+        if self.network_namespace && self.joined_network.is_none() {
             flags |= libc::CLONE_NEWNET as u64;
         }
         if self.user_namespace.is_some() {
             flags |= libc::CLONE_NEWUSER as u64;
         }
         let mut pidfd: RawFd = -1;
-        // SAFETY: the child continues on a copy of this stack and only runs `child::run`,
-        // which never returns and does not allocate; `pidfd` outlives the call.
-        let ret = unsafe { clone3(flags, &mut pidfd) };
+        let mut clone = || {
+            // SAFETY: the child continues on a copy of this stack and only runs `child::run`,
+            // which never returns and does not allocate; `pidfd` outlives the call.
+            let ret = unsafe { clone3(flags, &mut pidfd) };
+            if ret == Ok(0) {
+                child::run(&plan.ops, status_write.as_raw_fd())
+            }
+            ret
+        };
+        let ret = match &self.joined_network {
+            // The child is born in the thread's network namespace.
+            Some(ns) => {
+                netns::within(ns, clone).map_err(|e| SpawnError::JoinNetwork(OsReason(e)))?
+            }
+            None => clone(),
+        };
         let pid = match ret {
-            Ok(0) => child::run(&plan.ops, status_write.as_raw_fd()),
             Ok(pid) => Pid::from_raw(pid),
             Err(e) => {
                 return Err(SpawnError::Clone {

@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use isolation::{
-    Capability, CgroupSpec, Container, ExitStatus, Hierarchies, Limits, Signal, SpawnError, Stdio,
-    Step, Volume,
+    Capability, CgroupSpec, Container, ExitStatus, Hierarchies, IdMap, Limits, MapWriter,
+    NetworkNamespace, Owner, Signal, SpawnError, Stdio, Step, UserNamespace, Volume,
 };
 
 fn is_root() -> bool {
@@ -114,6 +114,84 @@ fn tmpfs_volume_is_writable_with_its_modes() {
     let (status, out) = run(c);
     assert!(status.success(), "{status}: {out}");
     assert_eq!(out, "750\n700\nwritten\n");
+}
+
+#[test]
+fn seeded_tmpfs_holds_a_copy_within_its_size() {
+    require_root!();
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let seed = tempfile::tempdir().unwrap();
+    fs::set_permissions(seed.path(), fs::Permissions::from_mode(0o751)).unwrap();
+    fs::create_dir(seed.path().join("sub")).unwrap();
+    fs::write(seed.path().join("sub/file"), "seeded\n").unwrap();
+    fs::set_permissions(seed.path().join("sub"), fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::chown(seed.path().join("sub/file"), Some(1), Some(2)).unwrap();
+    symlink("sub/file", seed.path().join("link")).unwrap();
+    let script = "stat -c '%a %u:%g' /data /data/sub /data/sub/file; cat /data/link; \
+                  echo changed > /data/sub/file; \
+                  dd if=/dev/zero of=/data/big bs=1024 count=2048 2>&1; echo dd=$?";
+    let mut c = shell(script);
+    c.volume(
+        "/data",
+        Volume::SeededTmpfs {
+            size: Some(1 << 20),
+            seed: seed.path().into(),
+            owner: Owner::default(),
+        },
+    );
+    let (status, out) = run(c);
+    assert!(status.success(), "{status}: {out}");
+    let lines: Vec<_> = out.lines().collect();
+    assert_eq!(
+        lines[..4],
+        ["751 0:0", "750 0:0", "644 1:2", "seeded"],
+        "{out}"
+    );
+    assert!(out.contains("No space left on device"), "{out}");
+    assert!(out.ends_with("dd=1\n"), "{out}");
+    // The writes stayed in the tmpfs.
+    assert_eq!(
+        fs::read_to_string(seed.path().join("sub/file")).unwrap(),
+        "seeded\n"
+    );
+    assert!(!seed.path().join("big").exists());
+
+    // Seeding from the mount point itself, every file given to one owner.
+    let mut c = shell("stat -c '%u:%g' /etc/passwd; echo x > /etc/new && cat /etc/new");
+    c.volume(
+        "/etc",
+        Volume::SeededTmpfs {
+            size: None,
+            seed: rootfs().join("etc"),
+            owner: Owner {
+                uid: Some(7),
+                gid: Some(8),
+            },
+        },
+    );
+    let (status, out) = run(c);
+    assert!(status.success(), "{status}: {out}");
+    assert_eq!(out, "7:8\nx\n");
+    assert!(!rootfs().join("etc/new").exists());
+
+    // A seed larger than the size fails the start, naming the seed.
+    let mut c = shell("true");
+    c.volume(
+        "/data",
+        Volume::SeededTmpfs {
+            size: Some(4096),
+            seed: seed.path().into(),
+            owner: Owner::default(),
+        },
+    );
+    fs::write(seed.path().join("large"), vec![b'x'; 64 << 10]).unwrap();
+    match c.spawn() {
+        Err(SpawnError::Setup { step, path, .. }) => {
+            assert_eq!(step, Step::Seed);
+            assert_eq!(path, seed.path());
+        }
+        other => panic!("expected a seed error, got {other:?}"),
+    }
 }
 
 #[test]
@@ -496,6 +574,38 @@ fn network_namespace_has_only_loopback() {
     let (status, out) = run(c);
     assert!(status.success(), "{status}: {out}");
     assert_eq!(out.trim(), "lo");
+}
+
+#[test]
+fn containers_share_a_network_namespace_with_loopback_up() {
+    require_root!();
+    let ns = NetworkNamespace::new().unwrap();
+    let script = "readlink /proc/self/ns/net; ip -o link | cut -d' ' -f2,3";
+    let mut seen = Vec::new();
+    for user_namespace in [false, true] {
+        let mut c = shell(script);
+        c.join_network_namespace(ns.try_clone().unwrap());
+        if user_namespace {
+            let map = vec![IdMap {
+                inside: 0,
+                outside: 0,
+                count: 65536,
+            }];
+            c.user_namespace(UserNamespace {
+                uid_map: map.clone(),
+                gid_map: map,
+                writer: MapWriter::Direct,
+            });
+        }
+        let (status, out) = run(c);
+        assert!(status.success(), "{status}: {out}");
+        let lines: Vec<_> = out.lines().map(str::to_owned).collect();
+        assert_eq!(lines[1..], ["lo: <LOOPBACK,UP,LOWER_UP>"], "{out}");
+        seen.push(lines[0].clone());
+    }
+    let host = fs::read_link("/proc/self/ns/net").unwrap();
+    assert_eq!(seen[0], seen[1]);
+    assert_ne!(Path::new(&seen[0]), host);
 }
 
 /// cgroup v2 in a private mount namespace: this machine's controllers live in v1, so the

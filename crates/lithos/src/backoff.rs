@@ -54,15 +54,32 @@ impl Backoff {
         started: Instant,
         now: Instant,
     ) -> Decision {
+        self.count(policy, failed, started, now);
+        self.decide(policy, failed, started, now)
+    }
+
+    /// Counts an end without deciding: `k` rises on a failure and resets after a normal exit
+    /// or a run of `reset-after` seconds.
+    pub fn count(&mut self, policy: &RestartPolicy, failed: bool, started: Instant, now: Instant) {
         let ran = now.saturating_duration_since(started);
         if !failed || ran.as_secs_f64() >= policy.reset_after {
             self.failures = 0;
         }
         if failed {
             self.failures = self.failures.saturating_add(1);
-            if policy.give_up_after.is_some_and(|n| self.failures >= n) {
-                return Decision::GiveUp;
-            }
+        }
+    }
+
+    /// The next step after an end that is already counted.
+    pub fn decide(
+        &self,
+        policy: &RestartPolicy,
+        failed: bool,
+        started: Instant,
+        now: Instant,
+    ) -> Decision {
+        if failed && policy.give_up_after.is_some_and(|n| self.failures >= n) {
+            return Decision::GiveUp;
         }
         let delay = policy.delay(self.failures);
         Decision::Restart {

@@ -79,6 +79,9 @@ struct KnotHandle {
     started: Instant,
     container_pid: Option<u32>,
     running_since: Option<Instant>,
+    /// The knot reported its process's end itself (restart-process-only) and the tree counted
+    /// it; the knot's own end is then not a second end of that process.
+    exit_counted: bool,
 }
 
 #[derive(Debug)]
@@ -605,6 +608,7 @@ impl Tree {
                     started: Instant::now(),
                     container_pid: None,
                     running_since: None,
+                    exit_counted: false,
                 });
                 let group = format!("processes.{}.{}", inst.sandbox, inst.entry);
                 self.metrics.incr(&group, "started");
@@ -613,7 +617,7 @@ impl Tree {
             Err(reason) => {
                 error!(instance = %name, "cannot start: {reason}");
                 let now = Instant::now();
-                self.after_failure(name, now, now, true);
+                self.after_failure(name, now, now, true, false);
             }
         }
     }
@@ -756,24 +760,26 @@ impl Tree {
             warn!(instance = %gone.name, "remove cgroup: {e}");
         }
         let failed = code != state::code::NORMAL && !knot.term_sent;
-        let group = format!("processes.{}.{}", inst.sandbox, inst.entry);
-        self.metrics.incr(&group, "deaths");
-        self.metrics.incr("containers", "deaths");
-        if failed {
-            self.metrics.incr(&group, "failures");
-            self.metrics.incr("containers", "failures");
+        if !knot.exit_counted {
+            let group = format!("processes.{}.{}", inst.sandbox, inst.entry);
+            self.metrics.incr(&group, "deaths");
+            self.metrics.incr("containers", "deaths");
+            if failed {
+                self.metrics.incr(&group, "failures");
+                self.metrics.incr("containers", "failures");
+            }
+            let exit = exit.unwrap_or(ProcessExit {
+                code: Some(code),
+                signal: None,
+                oom: false,
+            });
+            let inst = self.instances.get_mut(&gone.name).expect("present");
+            inst.last_exit = Some(exit);
+            self.emit(TreeEvent::Exited {
+                instance: gone.name.clone(),
+                exit,
+            });
         }
-        let exit = exit.unwrap_or(ProcessExit {
-            code: Some(code),
-            signal: None,
-            oom: false,
-        });
-        let inst = self.instances.get_mut(&gone.name).expect("present");
-        inst.last_exit = Some(exit);
-        self.emit(TreeEvent::Exited {
-            instance: gone.name.clone(),
-            exit,
-        });
         let inst = self.instances.get_mut(&gone.name).expect("present");
         let Some(desired) = inst.desired.clone() else {
             self.instances.remove(&gone.name);
@@ -788,20 +794,32 @@ impl Tree {
             // Stopping: nothing more to do.
         } else {
             let started = knot.running_since.unwrap_or(knot.started);
-            self.after_failure(&gone.name, started, Instant::now(), failed);
+            let counted = knot.exit_counted;
+            self.after_failure(&gone.name, started, Instant::now(), failed, counted);
         }
         self.update_gauges();
     }
 
-    /// Schedules the next start after an end (failed or not) per the backoff policy.
-    fn after_failure(&mut self, name: &str, started: Instant, now: Instant, failed: bool) {
+    /// Schedules the next start after an end (failed or not) per the backoff policy;
+    /// `counted` when the backoff already holds this end.
+    fn after_failure(
+        &mut self,
+        name: &str,
+        started: Instant,
+        now: Instant,
+        failed: bool,
+        counted: bool,
+    ) {
         let Some(inst) = self.instances.get_mut(name) else {
             return;
         };
         let Some(policy) = inst.desired.as_ref().map(|c| c.restart) else {
             return;
         };
-        match inst.backoff.on_exit(&policy, failed, started, now) {
+        if !counted {
+            inst.backoff.count(&policy, failed, started, now);
+        }
+        match inst.backoff.decide(&policy, failed, started, now) {
             Decision::Restart { at, delay } => {
                 inst.phase = Phase::Backoff(at);
                 let failures = inst.backoff.failures;
@@ -842,6 +860,7 @@ impl Tree {
                 }
                 knot.container_pid = Some(pid);
                 knot.running_since = Some(Instant::now());
+                knot.exit_counted = false;
                 self.emit(TreeEvent::Started {
                     instance: notice.instance,
                     pid,
@@ -863,6 +882,14 @@ impl Tree {
                     self.metrics.incr(&group, "failures");
                     self.metrics.incr("containers", "failures");
                 }
+                // The knot schedules the respawn itself; the tree counts the end the same way
+                // so Status shows the consecutive failures.
+                if let Some(policy) = knot.config.as_ref().map(|c| c.restart) {
+                    let started = knot.running_since.unwrap_or(knot.started);
+                    inst.backoff
+                        .count(&policy, !normal, started, Instant::now());
+                }
+                knot.exit_counted = true;
                 self.emit(TreeEvent::Exited {
                     instance: notice.instance,
                     exit,
@@ -1031,6 +1058,7 @@ impl Tree {
                         started: Instant::now(),
                         container_pid,
                         running_since: container_pid.map(|_| Instant::now()),
+                        exit_counted: false,
                     }),
                     phase: Phase::Knot,
                     backoff: Backoff::default(),

@@ -626,6 +626,38 @@ fn restart_process_only_keeps_the_knot_and_its_state() {
 }
 
 #[test]
+fn restart_process_only_failures_count_in_status_and_give_up_once() {
+    require_root!();
+    let mut f = Fixture::new("");
+    f.image(
+        "v1",
+        "executable: /bin/sh\narguments: [-c, 'sleep 0.5; exit 1']\nenviron: {PATH: /bin}\n\
+         restart-process-only: true\nrestart-timeout: 0.1\n\
+         restart-backoff: {max-delay: 0.2, give-up-after: 5}\n",
+    );
+    f.write_processes("w: {image: v1, config: /config/w.yaml}\n");
+    f.start_tree();
+    f.wait_running(&["demo/w.0"]);
+    let knot = f.instances()["demo/w.0"].2.expect("a knot");
+    let instance = |f: &Fixture| f.status().sandboxes[0].entries[0].instances[0].clone();
+    f.wait_until("two failures counted", Duration::from_secs(20), |f| {
+        instance(f).failures >= 2
+    });
+    let counting = instance(&f);
+    assert!(
+        counting.knot_pid == Some(knot) || counting.state == pb::InstanceState::GaveUp as i32,
+        "counted while the same knot respawns: {counting:?}"
+    );
+    f.wait_until("gave up", Duration::from_secs(20), |f| {
+        instance(f).state == pb::InstanceState::GaveUp as i32
+    });
+    let end = instance(&f);
+    assert_eq!(end.failures, 5, "each process end counted once: {end:?}");
+    assert_eq!(end.restarts, 4, "five starts, all by the one knot: {end:?}");
+    assert_eq!(end.knot_pid, None);
+}
+
+#[test]
 fn broken_processes_file_keeps_running_containers() {
     require_root!();
     let mut f = Fixture::new("");
