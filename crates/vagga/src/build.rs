@@ -2,6 +2,7 @@
 //! into place and an atomic swap of the `.vagga/<name>` symlink, under a per-container lock.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::OwnedFd;
@@ -98,6 +99,18 @@ pub enum BuildMode {
     /// Use `.vagga/<name>` as is (`--no-version-check`).
     NoVersionCheck,
 }
+
+/// Device nodes cannot be created in a user namespace: the target's `/dev` gets bind mounts
+/// of the container's nodes (the host's) before debootstrap's second stage needs them.
+/// `$1` is the target, the rest debootstrap's arguments.
+const BIND_DEVICES_THEN_DEBOOTSTRAP: &str = r#"target=$1; shift
+mkdir -p "$target/dev"
+for node in null zero full random urandom tty; do
+    [ -e "$target/dev/$node" ] || : > "$target/dev/$node"
+    mount --bind "/dev/$node" "$target/dev/$node"
+done
+exec debootstrap "$@"
+"#;
 
 /// A ready image.
 #[derive(Debug, Clone)]
@@ -429,6 +442,8 @@ struct RunSpec<'s> {
     workdir: &'s str,
     isolate_network: bool,
     env: Vec<(String, String)>,
+    /// `external-user-id`: the id of the build namespace `uid` maps to.
+    external_uid: Option<u32>,
 }
 
 impl<'s> RunSpec<'s> {
@@ -441,6 +456,7 @@ impl<'s> RunSpec<'s> {
             workdir: "/work",
             isolate_network: false,
             env: Vec::new(),
+            external_uid: None,
         }
     }
 }
@@ -725,12 +741,6 @@ impl BuildRun<'_> {
                 self.run_step(step, RunSpec::root(argv.clone()))
             }
             Step::RunAs(r) => {
-                if r.external_user_id.is_some() {
-                    return Err(BuildError::Step {
-                        pos: pos.clone(),
-                        message: "!RunAs external-user-id is not supported in this release".into(),
-                    });
-                }
                 let spec = RunSpec {
                     argv: vec!["/bin/sh".into(), "-exc".into(), r.script.clone()],
                     uid: r.user_id,
@@ -739,6 +749,7 @@ impl BuildRun<'_> {
                     workdir: &r.work_dir,
                     isolate_network: r.isolate_network,
                     env: Vec::new(),
+                    external_uid: r.external_user_id,
                 };
                 self.run_step(step, spec)
             }
@@ -874,11 +885,15 @@ impl BuildRun<'_> {
     ) -> Result<isolation::ExitStatus, BuildError> {
         self.prepare_root()?;
         let pos = &step.pos;
+        let mut userns = self.userns.clone();
+        if let Some(external) = spec.external_uid {
+            crate::idmap::map_external_user(&mut userns, spec.uid, external, pos)?;
+        }
         let mut c = Sandbox::new(&self.root, &spec.argv[0]);
         c.args(&spec.argv[1..])
             .root_writable(true)
             .init(true)
-            .user_namespace(self.userns.clone())
+            .user_namespace(userns)
             .identity(spec.uid, spec.gid, spec.groups)
             .workdir(spec.workdir)
             .network_namespace(spec.isolate_network)
@@ -941,6 +956,16 @@ impl BuildRun<'_> {
         for (k, v) in &env {
             c.env(k, v);
         }
+        self.spawn_logged(c, step)
+    }
+
+    /// Starts `c` with its output going to the build log and the progress, and waits for it.
+    fn spawn_logged(
+        &mut self,
+        mut c: Sandbox,
+        step: &Located<Step>,
+    ) -> Result<isolation::ExitStatus, BuildError> {
+        let pos = &step.pos;
         let (reader, writer) = std::io::pipe().map_err(io_err("create pipe for", &self.root))?;
         let writer: OwnedFd = writer.into();
         let writer2 = writer
@@ -1048,12 +1073,6 @@ impl BuildRun<'_> {
         d: &crate::config::DebianStep,
     ) -> Result<(), BuildError> {
         let pos = &step.pos;
-        if !self.project.caller.is_root() {
-            return Err(BuildError::Step {
-                pos: pos.clone(),
-                message: "!Debian needs root in this release (debootstrap runs on the host)".into(),
-            });
-        }
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join("debootstrap").is_file()))
             .unwrap_or(false);
@@ -1068,31 +1087,30 @@ impl BuildRun<'_> {
             .clone()
             .unwrap_or_else(|| self.project.settings.debian_mirror.clone());
         let cache = self.cache_dir("apt-cache", pos)?;
-        let mut cmd = std::process::Command::new("debootstrap");
-        cmd.arg(format!(
-            "--variant={}",
-            d.variant.as_deref().unwrap_or("minbase")
-        ))
-        .arg(format!("--cache-dir={}", cache.display()));
+        let mut args: Vec<OsString> = vec![
+            format!("--variant={}", d.variant.as_deref().unwrap_or("minbase")).into(),
+            format!("--cache-dir={}", cache.display()).into(),
+        ];
         if let Some(arch) = &d.arch {
-            cmd.arg(format!("--arch={arch}"));
+            args.push(format!("--arch={arch}").into());
         }
         if let Some(c) = &d.components {
-            cmd.arg(format!("--components={}", c.join(",")));
+            args.push(format!("--components={}", c.join(",")).into());
         }
         if !d.include.is_empty() {
-            cmd.arg(format!("--include={}", d.include.join(",")));
+            args.push(format!("--include={}", d.include.join(",")).into());
         }
-        cmd.arg(&d.suite).arg(&self.root).arg(&mirror);
-        let output = cmd
-            .output()
-            .map_err(io_err("run debootstrap for", &self.root))?;
-        for printed in [&output.stdout, &output.stderr] {
-            for line in printed.split_inclusive(|b| *b == b'\n') {
-                let _ = writeln!(self.log, "{}", console::plain_line(line));
-            }
-        }
-        if !output.status.success() {
+        args.extend([
+            d.suite.clone().into(),
+            self.root.clone().into(),
+            mirror.into(),
+        ]);
+        let status = if self.project.caller.is_root() {
+            self.debootstrap_on_host(&args)?
+        } else {
+            self.debootstrap_in_namespace(step, &args)?
+        };
+        if let Some(status) = status {
             let log = self
                 .project
                 .storage
@@ -1101,11 +1119,54 @@ impl BuildRun<'_> {
             return Err(BuildError::StepFailed {
                 pos: pos.clone(),
                 step: "Debian",
-                status: output.status.to_string(),
+                status,
                 log: log.display().to_string(),
             });
         }
         self.prepare_root()
+    }
+
+    /// Runs debootstrap as the host's root; returns the exit status when it failed.
+    fn debootstrap_on_host(&mut self, args: &[OsString]) -> Result<Option<String>, BuildError> {
+        let output = std::process::Command::new("debootstrap")
+            .args(args)
+            .output()
+            .map_err(io_err("run debootstrap for", &self.root))?;
+        for printed in [&output.stdout, &output.stderr] {
+            for line in printed.split_inclusive(|b| *b == b'\n') {
+                let _ = writeln!(self.log, "{}", console::plain_line(line));
+            }
+        }
+        Ok((!output.status.success()).then(|| output.status.to_string()))
+    }
+
+    /// Runs the host's debootstrap as root of the build's user namespace, where the mapped
+    /// ids make its `chown`s work; returns the exit status when it failed.
+    fn debootstrap_in_namespace(
+        &mut self,
+        step: &Located<Step>,
+        args: &[OsString],
+    ) -> Result<Option<String>, BuildError> {
+        let mut c =
+            self.privileged
+                .host_view("/bin/sh")
+                .map_err(|source| BuildError::Privileged {
+                    pos: step.pos.to_string(),
+                    source,
+                })?;
+        c.args(["-ec", BIND_DEVICES_THEN_DEBOOTSTRAP, "debootstrap"])
+            .arg(&self.root)
+            .args(args)
+            .init(true)
+            // debootstrap then skips its `mknod` test and keeps the device nodes it finds.
+            .env("container", "lxc");
+        for (k, v) in std::env::vars() {
+            if k.to_ascii_lowercase().ends_with("_proxy") {
+                c.env(k, v);
+            }
+        }
+        let status = self.spawn_logged(c, step)?;
+        Ok((!status.success()).then(|| status.to_string()))
     }
 
     fn ensure_packages(&mut self, step: &Located<Step>, pkgs: &[&str]) -> Result<(), BuildError> {

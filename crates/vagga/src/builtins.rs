@@ -9,11 +9,12 @@ use clap::Parser;
 
 use crate::Error;
 use crate::build::{BuildMode, Builder};
-use crate::config::CommandDef;
+use crate::config::{CommandDef, Config};
 use crate::launch::{Invocation, Launcher};
 use crate::privileged::Op;
 use crate::project::Project;
 use crate::rootfs::Compression;
+use crate::storage::Storage;
 use crate::version::Versioner;
 
 /// Names of the built-ins, for `_list --hidden` and unknown-command checks.
@@ -129,7 +130,8 @@ struct CleanArgs {
     volumes: bool,
     #[arg(long, group = "what")]
     unused_volumes: bool,
-    #[arg(long, group = "what")]
+    /// Apply to every project's storage under `storage-dir`.
+    #[arg(long)]
     global: bool,
     #[arg(long)]
     dry_run: bool,
@@ -339,8 +341,67 @@ fn parse_age(text: &str) -> Option<Duration> {
     Some(Duration::from_secs(n * secs))
 }
 
-fn clean(project: &Project, a: &CleanArgs) -> Result<i32, Error> {
-    let storage = &project.storage;
+/// One project's storage as `_clean` sees it.
+struct CleanScope<'a> {
+    storage: Storage,
+    /// The configuration when the storage is this project's; `None` for another project.
+    config: Option<&'a Config>,
+    /// Whether the owning project still uses this storage (its `.vagga/.lnk` points here).
+    live: bool,
+    /// Whether the owner is known: a storage made before `.project` links were written
+    /// loses nothing to `--old`, `--unused` or `--unused-volumes`.
+    owner_known: bool,
+}
+
+/// The storages of every project under `storage-dir` (`_clean --global`).
+fn global_scopes(project: &Project) -> Result<Vec<CleanScope<'_>>, Error> {
+    let Some(dir) = &project.settings.storage_dir else {
+        return Err(Error::Usage(
+            "_clean --global needs storage-dir in the settings".into(),
+        ));
+    };
+    let mut bases: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    bases.sort();
+    Ok(bases
+        .into_iter()
+        .map(|base| {
+            if base == project.storage.base {
+                return CleanScope {
+                    storage: project.storage.clone(),
+                    config: Some(&project.config),
+                    live: true,
+                    owner_known: true,
+                };
+            }
+            let owner = Storage::owner_of(&base);
+            let owner_known = owner.is_some();
+            let live = owner
+                .as_ref()
+                .and_then(|p| fs::read_link(p.join(".vagga/.lnk")).ok())
+                .is_some_and(|lnk| lnk == base);
+            // Without a back link only --tmp, --transient, --volumes and --everything apply.
+            let project_dir = owner.unwrap_or_else(|| base.clone());
+            let storage = Storage::at(&project_dir, base);
+            CleanScope {
+                storage,
+                config: None,
+                live,
+                owner_known,
+            }
+        })
+        .collect())
+}
+
+/// What `_clean` removes from one storage.
+fn clean_victims(scope: &CleanScope<'_>, a: &CleanArgs) -> Result<Vec<PathBuf>, Error> {
+    let storage = &scope.storage;
     let mut victims: Vec<PathBuf> = Vec::new();
     let entries = |dir: &PathBuf| -> Vec<(String, PathBuf)> {
         fs::read_dir(dir)
@@ -361,17 +422,27 @@ fn clean(project: &Project, a: &CleanArgs) -> Result<i32, Error> {
             Some((container.to_owned(), hash.to_owned(), p.clone()))
         })
     };
+    // A storage its project left (or lost) has no version in use.
+    let linked = |container: &str, hash: &str| {
+        scope.live && storage.linked_version(container).as_deref() == Some(hash)
+    };
     if a.everything {
-        // The storage dir itself is the helper's writable mount: empty it, then remove it here.
-        let skeleton = storage.vagga_dir.join(".mnt");
-        victims.extend(
-            entries(&storage.base)
-                .into_iter()
-                .map(|(_, p)| p)
-                .filter(|p| *p != skeleton),
-        );
-        for name in project.config.containers.keys() {
-            victims.push(storage.link(name));
+        match scope.config {
+            Some(config) => {
+                // The storage dir itself is the helper's writable mount: empty it, then
+                // remove it here.
+                let skeleton = storage.vagga_dir.join(".mnt");
+                victims.extend(
+                    entries(&storage.base)
+                        .into_iter()
+                        .map(|(_, p)| p)
+                        .filter(|p| *p != skeleton),
+                );
+                for name in config.containers.keys() {
+                    victims.push(storage.link(name));
+                }
+            }
+            None => victims.push(storage.base.clone()),
         }
     }
     if a.tmp {
@@ -388,9 +459,18 @@ fn clean(project: &Project, a: &CleanArgs) -> Result<i32, Error> {
                 .map(|(_, p)| p),
         );
     }
+    if a.transient {
+        victims.extend(entries(&storage.transient).into_iter().map(|(_, p)| p));
+    }
+    if a.volumes {
+        victims.extend(entries(&storage.volumes).into_iter().map(|(_, p)| p));
+    }
+    if !scope.owner_known {
+        return Ok(victims);
+    }
     if a.old {
         for (container, hash, path) in versions() {
-            if storage.linked_version(&container).as_deref() != Some(hash.as_str()) {
+            if !linked(&container, &hash) {
                 victims.push(path);
             }
         }
@@ -403,8 +483,11 @@ fn clean(project: &Project, a: &CleanArgs) -> Result<i32, Error> {
             None => None,
         };
         for (container, hash, path) in versions() {
-            let linked = storage.linked_version(&container).as_deref() == Some(hash.as_str());
-            let known = project.config.containers.contains_key(&container);
+            let linked = linked(&container, &hash);
+            // Another live project's configuration is not read: its linked versions count.
+            let known = scope
+                .config
+                .map_or(scope.live, |c| c.containers.contains_key(&container));
             let old_enough = match min_age {
                 None => !known || !linked,
                 Some(age) => {
@@ -419,12 +502,6 @@ fn clean(project: &Project, a: &CleanArgs) -> Result<i32, Error> {
             }
         }
     }
-    if a.transient {
-        victims.extend(entries(&storage.transient).into_iter().map(|(_, p)| p));
-    }
-    if a.volumes {
-        victims.extend(entries(&storage.volumes).into_iter().map(|(_, p)| p));
-    }
     if a.unused_volumes {
         let mut used = Vec::new();
         let mut note = |v: &crate::config::Volume| {
@@ -432,13 +509,20 @@ fn clean(project: &Project, a: &CleanArgs) -> Result<i32, Error> {
                 used.push(p.name.clone());
             }
         };
-        for entry in project.config.containers.values() {
-            entry.def.volumes.values().for_each(|v| note(&v.value));
-        }
-        for entry in project.config.commands.values() {
-            if let CommandDef::Command(c) = &entry.def {
-                c.volumes.values().for_each(|v| note(&v.value));
+        match scope.config {
+            Some(config) => {
+                for entry in config.containers.values() {
+                    entry.def.volumes.values().for_each(|v| note(&v.value));
+                }
+                for entry in config.commands.values() {
+                    if let CommandDef::Command(c) = &entry.def {
+                        c.volumes.values().for_each(|v| note(&v.value));
+                    }
+                }
             }
+            // Another live project's volumes stay: which it uses is in its own vagga.yaml.
+            None if scope.live => return Ok(victims),
+            None => {}
         }
         for (name, path) in entries(&storage.volumes) {
             if !used.contains(&name) {
@@ -446,9 +530,25 @@ fn clean(project: &Project, a: &CleanArgs) -> Result<i32, Error> {
             }
         }
     }
-    if a.global {
-        eprintln!("warning: _clean --global is not supported in this release");
+    Ok(victims)
+}
+
+fn clean(project: &Project, a: &CleanArgs) -> Result<i32, Error> {
+    let scopes = if a.global {
+        global_scopes(project)?
+    } else {
+        vec![CleanScope {
+            storage: project.storage.clone(),
+            config: Some(&project.config),
+            live: true,
+            owner_known: true,
+        }]
+    };
+    let mut victims = Vec::new();
+    for scope in &scopes {
+        victims.extend(clean_victims(scope, a)?);
     }
+    let storage = &project.storage;
     victims.sort();
     victims.dedup();
     let privileged = project

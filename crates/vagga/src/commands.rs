@@ -249,16 +249,36 @@ fn run_supervise(
             .ensure(&c.container.value, launcher.options.build_mode())
             .map_err(LaunchError::from)?;
     }
+    if sup.isolate_network || launcher.options.isolate_network {
+        match isolation::NetworkNamespace::new() {
+            Ok(ns) => launcher.shared_network = Some(ns),
+            // Joining a namespace made here takes root; a user's children get one each.
+            Err(e) => tracing::warn!(
+                "{name}: children get a network namespace each, not a shared one: {e}"
+            ),
+        }
+    }
+    let code = supervise_children(launcher, sup, &selected, &extra_env);
+    launcher.shared_network = None;
+    code
+}
+
+fn supervise_children(
+    launcher: &mut Launcher<'_>,
+    sup: &Supervise,
+    selected: &[(&String, &Command)],
+    extra_env: &[(String, String)],
+) -> Result<i32, CommandError> {
     banner(sup.banner.as_deref(), sup.banner_delay);
     let mut running: Vec<(String, Child, Cleanup)> = Vec::new();
     let mut result: Option<i32> = None;
-    for (child_name, cmd) in &selected {
+    for (child_name, cmd) in selected {
         let container = &launcher.project.config.containers[&cmd.container.value].def;
         let inv = Invocation {
             container: &cmd.container.value,
             argv: command_argv(&container.default_shell, cmd, &[], false),
             command: Some(cmd),
-            extra_env: extra_env.clone(),
+            extra_env: extra_env.to_vec(),
             writable_copy: false,
             isolate_network: sup.isolate_network || cmd.isolate_network,
         };

@@ -67,6 +67,12 @@ pub enum IdMapError {
         given: u64,
         pos: String,
     },
+    #[error("{pos}: external-user-id {external} is not mapped in the build namespace")]
+    ExternalUnmapped { pos: String, external: u32 },
+    #[error(
+        "{pos}: external-user-id {external} is the build namespace's root, which the container needs for itself"
+    )]
+    ExternalIsRoot { pos: String, external: u32 },
 }
 
 /// The caller's ranges in a subuid/subgid file, in file order (by name or numeric id).
@@ -203,6 +209,56 @@ pub fn user_namespace(
     })
 }
 
+/// Maps `user_id` of the container to `external`, an id of the build namespace (the one
+/// `uid_map` maps into): the lines covering either are split around them, so inside the
+/// container `external`'s own id is left unmapped.
+pub fn map_external_user(
+    ns: &mut UserNamespace,
+    user_id: u32,
+    external: u32,
+    pos: &crate::yaml::Pos,
+) -> Result<(), IdMapError> {
+    let host = outside_id(&ns.uid_map, external).ok_or_else(|| IdMapError::ExternalUnmapped {
+        pos: pos.to_string(),
+        external,
+    })?;
+    if outside_id(&ns.uid_map, 0) == Some(host) {
+        return Err(IdMapError::ExternalIsRoot {
+            pos: pos.to_string(),
+            external,
+        });
+    }
+    let mut lines = Vec::new();
+    for m in &ns.uid_map {
+        // Cut the inside id `user_id` and the host id `host` out of this line.
+        let cuts = [
+            user_id.checked_sub(m.inside).filter(|o| *o < m.count),
+            host.checked_sub(m.outside).filter(|o| *o < m.count),
+        ];
+        let mut start = 0;
+        let mut offsets: Vec<u32> = cuts.into_iter().flatten().collect();
+        offsets.sort_unstable();
+        offsets.dedup();
+        for cut in offsets.into_iter().chain([m.count]) {
+            if cut > start {
+                lines.push(IdMap {
+                    inside: m.inside + start,
+                    outside: m.outside + start,
+                    count: cut - start,
+                });
+            }
+            start = cut + 1;
+        }
+    }
+    lines.push(IdMap {
+        inside: user_id,
+        outside: host,
+        count: 1,
+    });
+    ns.uid_map = lines;
+    Ok(())
+}
+
 /// The host id an id inside the namespace maps to.
 pub fn outside_id(map: &[IdMap], inside: u32) -> Option<u32> {
     map.iter()
@@ -214,6 +270,64 @@ pub fn outside_id(map: &[IdMap], inside: u32) -> Option<u32> {
 mod tests {
     use super::*;
     use crate::config::IdRange;
+
+    #[test]
+    fn external_user_id_splits_the_lines_around_both_ids() {
+        let pos = crate::yaml::Pos {
+            file: std::sync::Arc::new("vagga.yaml".into()),
+            line: 1,
+            col: 1,
+        };
+        let mut ns = UserNamespace {
+            uid_map: vec![IdMap {
+                inside: 0,
+                outside: 0,
+                count: 65536,
+            }],
+            gid_map: Vec::new(),
+            writer: MapWriter::Direct,
+        };
+        map_external_user(&mut ns, 1, 1000, &pos).unwrap();
+        let line = |inside, outside, count| IdMap {
+            inside,
+            outside,
+            count,
+        };
+        assert_eq!(
+            ns.uid_map,
+            [
+                line(0, 0, 1),
+                line(2, 2, 998),
+                line(1001, 1001, 64535),
+                line(1, 1000, 1)
+            ]
+        );
+        // A user's build namespace: 0 is the user, 1.. the subordinate range.
+        let mut ns = UserNamespace {
+            uid_map: vec![line(0, 1000, 1), line(1, 100000, 65535)],
+            gid_map: Vec::new(),
+            writer: MapWriter::Helpers,
+        };
+        map_external_user(&mut ns, 5, 7, &pos).unwrap();
+        assert_eq!(
+            ns.uid_map,
+            [
+                line(0, 1000, 1),
+                line(1, 100000, 4),
+                line(6, 100005, 1),
+                line(8, 100007, 65528),
+                line(5, 100006, 1)
+            ]
+        );
+        assert!(matches!(
+            map_external_user(&mut ns, 5, 0, &pos),
+            Err(IdMapError::ExternalIsRoot { .. })
+        ));
+        assert!(matches!(
+            map_external_user(&mut ns, 5, 70000, &pos),
+            Err(IdMapError::ExternalUnmapped { .. })
+        ));
+    }
 
     #[test]
     fn subordinate_ranges_by_name_or_id() {

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use isolation::{Child, Container as Sandbox, ExitStatus, Volume as Mount};
+use isolation::{Child, Container as Sandbox, ExitStatus, Owner, Volume as Mount};
 
 use crate::build::{BuildError, BuildMode, Builder, DEFAULT_PATH};
 use crate::config::{Command, Container, Volume};
@@ -15,7 +15,7 @@ use crate::de::Located;
 use crate::idmap::IdMapError;
 use crate::privileged::{Op, PrivilegedError};
 use crate::project::Project;
-use crate::rootfs::{self, CopyRules};
+use crate::rootfs;
 
 /// Starting a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,9 +27,6 @@ pub enum LaunchError {
     /// A volume cannot be mounted (exit 124).
     #[error("{0}")]
     Volume(String),
-    /// A key this release parses but cannot honour (exit 121).
-    #[error("{0}")]
-    Unsupported(String),
     #[error("start {program} in container \"{container}\": {source}")]
     Spawn {
         program: String,
@@ -112,6 +109,9 @@ pub struct Launcher<'p> {
     pub options: RunOptions,
     /// Persistent volumes initialised during this run (each once).
     initialising: Vec<String>,
+    /// The network namespace of a `!Supervise` group with `isolate-network`, which every
+    /// child with an isolated network joins.
+    pub shared_network: Option<isolation::NetworkNamespace>,
 }
 
 impl std::fmt::Debug for Launcher<'_> {
@@ -145,6 +145,7 @@ impl<'p> Launcher<'p> {
             builder: Builder::new(project),
             options,
             initialising: Vec::new(),
+            shared_network: None,
         }
     }
 
@@ -325,7 +326,7 @@ impl<'p> Launcher<'p> {
                     .collect(),
             },
             Volume::Tmpfs(t) => {
-                // isolation's tmpfs cannot be seeded with files: a private directory is.
+                // The files and subdirs are laid out in a directory the tmpfs is seeded from.
                 let dir = self.transient_dir("tmpfs")?;
                 cleanup.paths.push(dir.clone());
                 let io = |action, path: &Path| {
@@ -355,7 +356,11 @@ impl<'p> Launcher<'p> {
                 }
                 fs::set_permissions(&dir, fs::Permissions::from_mode(t.mode))
                     .map_err(io("chmod", &dir))?;
-                Mount::ReadWrite { source: dir }
+                Mount::SeededTmpfs {
+                    size: Some(t.size.unwrap_or(100 << 20)),
+                    seed: dir,
+                    owner: Owner::default(),
+                }
             }
             Volume::BindRW(p) => Mount::ReadWrite {
                 source: self.host_bind_path(p, pos, path)?,
@@ -414,17 +419,14 @@ impl<'p> Launcher<'p> {
                     None => rootfs::resolve(root, path, true)
                         .map_err(|e| LaunchError::Volume(e.to_string()))?,
                 };
-                let dir = self.transient_dir("snapshot")?;
-                cleanup.paths.push(dir.clone());
-                let mut rules = CopyRules::exact();
-                rules.owner_uid = s.owner_uid;
-                rules.owner_gid = s.owner_gid;
-                self.project.privileged(None)?.run(&Op::CopyTo {
-                    src: source,
-                    dest: dir.clone(),
-                    rules,
-                })?;
-                Mount::ReadWrite { source: dir }
+                Mount::SeededTmpfs {
+                    size: Some(s.size.unwrap_or(100 << 20)),
+                    seed: source,
+                    owner: Owner {
+                        uid: s.owner_uid,
+                        gid: s.owner_gid,
+                    },
+                }
             }
         })
     }
@@ -539,12 +541,36 @@ impl<'p> Launcher<'p> {
         }
         let env = self.environment(container, &root, inv);
         let program = inv.argv[0].clone();
+        let isolate_network = inv.isolate_network || self.options.isolate_network;
+        let mut userns = project.userns(container)?;
+        if let Some(cmd) = inv.command
+            && let Some(external) = cmd.external_user_id
+        {
+            let mapped = crate::idmap::map_external_user(
+                &mut userns,
+                cmd.user_id,
+                external,
+                &cmd.container.pos,
+            );
+            if let Err(e) = mapped {
+                self.cleanup(cleanup);
+                return Err(e.into());
+            }
+        }
         let mut c = Sandbox::new(&root, &program);
+        if isolate_network && let Some(ns) = &self.shared_network {
+            let ns = ns.try_clone().map_err(|source| LaunchError::Io {
+                action: "duplicate",
+                path: "network namespace".into(),
+                source,
+            })?;
+            c.join_network_namespace(ns);
+        }
         c.args(&inv.argv[1..])
             .init(true)
             .root_writable(writable)
-            .user_namespace(project.userns(container)?)
-            .network_namespace(inv.isolate_network || self.options.isolate_network)
+            .user_namespace(userns)
+            .network_namespace(isolate_network)
             .volume(
                 "/work",
                 Mount::ReadWrite {
@@ -557,13 +583,6 @@ impl<'p> Launcher<'p> {
         };
         c.workdir(workdir);
         if let Some(cmd) = inv.command {
-            if cmd.external_user_id.is_some() {
-                self.cleanup(cleanup);
-                return Err(LaunchError::Unsupported(format!(
-                    "{}: external-user-id is not supported in this release",
-                    cmd.container.pos
-                )));
-            }
             c.identity(cmd.user_id, cmd.group_id, &cmd.supplementary_gids);
             if let Some(addr) = &cmd.pass_tcp_socket {
                 c.pass_fd(listen(addr)?, 3);

@@ -7,6 +7,7 @@
 //! container whose user namespace maps the subordinate ids, seeing the host's directories
 //! read-only and the storage writable.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -211,11 +212,32 @@ impl Privileged {
         }
         let what = op.describe();
         let json = serde_json::to_string(op).expect("ops serialize");
+        let mut c = self.host_view(&self.exe)?;
+        c.arg(HELPER_ARG).arg(json);
+        let mut child = c.spawn().map_err(|source| PrivilegedError::Spawn {
+            what: what.clone(),
+            source,
+        })?;
+        let status = child.wait().map_err(|e| PrivilegedError::Failed {
+            what: what.clone(),
+            status: e.to_string(),
+        })?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(PrivilegedError::Failed {
+                what,
+                status: status.to_string(),
+            })
+        }
+    }
+
+    /// A container of `program` in the namespace of the ids, seeing the host's directories
+    /// read-only and the storage writable, with its own `/proc` and `/dev`.
+    pub fn host_view(&self, program: impl AsRef<OsStr>) -> Result<Container, PrivilegedError> {
         self.prepare_skeleton()?;
-        let mut c = Container::new(&self.skeleton, &self.exe);
-        c.arg(HELPER_ARG)
-            .arg(json)
-            .env("PATH", isolation::DEFAULT_PATH)
+        let mut c = Container::new(&self.skeleton, program);
+        c.env("PATH", isolation::DEFAULT_PATH)
             .user_namespace(self.userns.clone())
             .system_mounts(true, true, false)
             .workdir("/");
@@ -237,22 +259,7 @@ impl Privileged {
                 );
             }
         }
-        let mut child = c.spawn().map_err(|source| PrivilegedError::Spawn {
-            what: what.clone(),
-            source,
-        })?;
-        let status = child.wait().map_err(|e| PrivilegedError::Failed {
-            what: what.clone(),
-            status: e.to_string(),
-        })?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(PrivilegedError::Failed {
-                what,
-                status: status.to_string(),
-            })
-        }
+        Ok(c)
     }
 
     /// A directory mirroring the host's top level: a mount point per directory, the same

@@ -34,6 +34,9 @@ pub enum StorageError {
     MissingEnv(String),
 }
 
+/// In a storage under `storage-dir`: a symlink to the project that uses it.
+const PROJECT_LINK: &str = ".project";
+
 /// Paths of one project's storage.
 #[derive(Debug, Clone)]
 pub struct Storage {
@@ -76,21 +79,32 @@ impl Storage {
                 dir.join(sub)
             }
         };
-        let cache = settings
-            .cache_dir
-            .clone()
-            .unwrap_or_else(|| base.join(".cache"));
-        Ok(Storage {
+        let mut storage = Storage::at(project, base);
+        if let Some(cache) = &settings.cache_dir {
+            storage.cache = cache.clone();
+        }
+        Ok(storage)
+    }
+
+    /// The layout of `project` with its storage in `base`.
+    pub fn at(project: &Path, base: PathBuf) -> Storage {
+        let vagga_dir = project.join(".vagga");
+        Storage {
             project: project.to_owned(),
             roots: base.join(".roots"),
             volumes: base.join(".volumes"),
             transient: base.join(".transient"),
+            cache: base.join(".cache"),
             statcache: vagga_dir.join(".statcache"),
             logs: vagga_dir.join(".logs"),
             vagga_dir,
             base,
-            cache,
-        })
+        }
+    }
+
+    /// The project a storage under `storage-dir` belongs to (its `.project` link).
+    pub fn owner_of(base: &Path) -> Option<PathBuf> {
+        fs::read_link(base.join(PROJECT_LINK)).ok()
     }
 
     /// Creates the directories builds need; records an external storage dir in `.vagga/.lnk`.
@@ -102,6 +116,11 @@ impl Storage {
             let lnk = self.vagga_dir.join(".lnk");
             if fs::read_link(&lnk).ok().as_deref() != Some(self.base.as_path()) {
                 replace_symlink(&self.base, &lnk)?;
+            }
+            // The way back, for `_clean --global` to tell whose storage this is.
+            let back = self.base.join(PROJECT_LINK);
+            if fs::read_link(&back).ok().as_deref() != Some(self.project.as_path()) {
+                replace_symlink(&self.project, &back)?;
             }
         }
         Ok(())

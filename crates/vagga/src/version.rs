@@ -10,8 +10,8 @@ use blake2::{Blake2b512, Digest};
 
 use crate::config::{Config, ConfigError, Container, Step};
 use crate::de::Located;
-use crate::filter::{self, Filter, FilterError};
-use crate::statcache::StatCache;
+use crate::filter::{self, Filter, FilterError, VisitError};
+use crate::statcache::{self, StatCache};
 use crate::storage::Storage;
 use crate::yaml::Pos;
 
@@ -82,6 +82,17 @@ impl Feed {
         self.raw(b"\0");
         self.raw(value);
         self.raw(b"\0");
+    }
+
+    /// A field already laid out as `key\0value\0`: the same bytes as `field` hashes.
+    fn encoded(&mut self, field: &[u8]) {
+        if self.debug {
+            let text = String::from_utf8_lossy(field);
+            let mut parts = text.split('\0');
+            let key = parts.next().unwrap_or_default();
+            eprintln!("  {key} {}", parts.next().unwrap_or_default());
+        }
+        self.raw(field);
     }
 
     fn opt(&mut self, key: &str, value: Option<impl AsRef<[u8]>>) {
@@ -403,6 +414,7 @@ fn file_digest(path: &Path, pos: &Pos, cache: &mut StatCache) -> Result<String, 
     };
     cache
         .digest(path, &meta)
+        .map(|d| statcache::to_hex(&d))
         .map_err(|source| VersionError::Read {
             pos: pos.clone(),
             path: path.to_owned(),
@@ -425,43 +437,71 @@ fn feed_tree(
             path: src.to_owned(),
         });
     }
-    let entries = filter::walk(src, filter).map_err(|source| VersionError::Filter {
-        pos: pos.clone(),
-        source,
-    })?;
-    for e in entries {
+    // One buffer for every entry's `/<rel>\0<item>\0`, hashed with one update.
+    let mut field: Vec<u8> = Vec::with_capacity(256);
+    let visited = filter::visit(src, filter, |e| {
+        let read_error = |source| VersionError::Read {
+            pos: pos.clone(),
+            path: e.path.to_owned(),
+            source,
+        };
+        field.clear();
+        field.push(b'/');
+        field.extend_from_slice(e.rel.as_bytes());
+        field.push(0);
         let kind = e.meta.file_type();
-        let mut item: Vec<u8> = Vec::new();
         if kind.is_dir() {
-            item.extend_from_slice(b"dir");
+            field.extend_from_slice(b"dir");
         } else if kind.is_symlink() {
-            let target = std::fs::read_link(&e.path).map_err(|source| VersionError::Read {
-                pos: pos.clone(),
-                path: e.path.clone(),
-                source,
-            })?;
-            let _ = write!(item, "symlink {}", target.display());
+            let target = std::fs::read_link(e.path).map_err(read_error)?;
+            let _ = write!(field, "symlink {}", target.display());
         } else if kind.is_file() {
-            let digest = cache
-                .digest(&e.path, &e.meta)
-                .map_err(|source| VersionError::Read {
-                    pos: pos.clone(),
-                    path: e.path.clone(),
-                    source,
-                })?;
-            let _ = write!(item, "file {} {digest}", filter::is_executable(&e.meta));
+            let digest = cache.digest(e.path, e.meta).map_err(read_error)?;
+            field.extend_from_slice(if filter::is_executable(e.meta) {
+                b"file true "
+            } else {
+                b"file false "
+            });
+            statcache::push_hex(&mut field, &digest);
         } else {
-            item.extend_from_slice(b"special");
+            field.extend_from_slice(b"special");
         }
         if permissions {
-            let _ = write!(item, " mode {:o}", e.meta.mode() & 0o7777);
+            let _ = write!(field, " mode {:o}", e.meta.mode() & 0o7777);
         }
         if owner {
-            let _ = write!(item, " owner {}:{}", e.meta.uid(), e.meta.gid());
+            field.extend_from_slice(b" owner ");
+            push_decimal(&mut field, e.meta.uid());
+            field.push(b':');
+            push_decimal(&mut field, e.meta.gid());
         }
-        feed.field(&format!("/{}", e.rel), item);
+        field.push(0);
+        feed.encoded(&field);
+        Ok(())
+    });
+    visited.map_err(|e| match e {
+        VisitError::Walk(source) => VersionError::Filter {
+            pos: pos.clone(),
+            source,
+        },
+        VisitError::Visitor(e) => e,
+    })
+}
+
+/// Appends `n` in decimal, as `Display` writes it, without the formatting machinery (this
+/// runs per file of every version check).
+fn push_decimal(out: &mut Vec<u8>, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
     }
-    Ok(())
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// A requirements file and the `-r`/`-c` files it names, each once.
@@ -514,6 +554,130 @@ pub fn nested_requirements(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::statcache::tests::aged_file;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn test_pos() -> Pos {
+        Pos {
+            file: std::sync::Arc::new("vagga.yaml".into()),
+            line: 1,
+            col: 1,
+        }
+    }
+
+    /// The hash `feed_tree` gives `dir` through the stat cache at `cache` (kept between calls),
+    /// checked against the hash without any cache, and how many files it read.
+    fn tree_hash(dir: &Path, cache: &Path) -> (Vec<u8>, usize) {
+        let filter = Filter::new(None, None, None, false).unwrap();
+        let run = |cache_path: Option<PathBuf>| {
+            let mut cache = StatCache::load(cache_path);
+            let mut feed = Feed {
+                hasher: Blake2b512::new(),
+                debug: false,
+                dump: None,
+            };
+            feed_tree(dir, &filter, true, true, &test_pos(), &mut feed, &mut cache).unwrap();
+            let hashed = cache.hashed;
+            cache.save("cfg");
+            (feed.hasher.finalize().to_vec(), hashed)
+        };
+        let (cached, hashed) = run(Some(cache.to_owned()));
+        assert_eq!(cached, run(None).0, "the cache changed the hash");
+        (cached, hashed)
+    }
+
+    #[test]
+    fn the_stat_cache_sees_every_change_to_a_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("cache");
+        let tree = tmp.path().join("tree");
+        for dir in ["a", "b"] {
+            fs::create_dir_all(tree.join(dir)).unwrap();
+            for i in 1..=4 {
+                aged_file(&tree.join(dir), &i.to_string(), &format!("{dir}{i}"));
+            }
+        }
+        aged_file(&tree, "top", "top");
+        let (mut last, hashed) = tree_hash(&tree, &cache);
+        assert_eq!(hashed, 9);
+        assert_eq!(tree_hash(&tree, &cache), (last.clone(), 0));
+
+        type Edit = fn(&Path);
+        let edits: [(&str, Edit, Option<usize>); 7] = [
+            (
+                "same size, mtime put back",
+                |t| {
+                    let f = t.join("a/2");
+                    let mtime = fs::metadata(&f).unwrap().modified().unwrap();
+                    fs::write(&f, "A2").unwrap();
+                    fs::File::options()
+                        .write(true)
+                        .open(&f)
+                        .unwrap()
+                        .set_modified(mtime)
+                        .unwrap();
+                },
+                Some(1),
+            ),
+            (
+                "a deleted file",
+                |t| fs::remove_file(t.join("a/3")).unwrap(),
+                Some(0),
+            ),
+            (
+                "a new file in a dir",
+                |t| {
+                    aged_file(&t.join("b"), "5", "b5");
+                },
+                Some(1),
+            ),
+            (
+                "a renamed file",
+                |t| fs::rename(t.join("b/2"), t.join("b/9")).unwrap(),
+                None,
+            ),
+            (
+                "a file replaced by a dir",
+                |t| {
+                    fs::remove_file(t.join("a/1")).unwrap();
+                    fs::create_dir(t.join("a/1")).unwrap();
+                    aged_file(&t.join("a/1"), "inner", "a1");
+                },
+                Some(1),
+            ),
+            (
+                "an execute bit",
+                |t| fs::set_permissions(t.join("b/1"), fs::Permissions::from_mode(0o755)).unwrap(),
+                None,
+            ),
+            (
+                "a permission without execute bits",
+                |t| fs::set_permissions(t.join("top"), fs::Permissions::from_mode(0o600)).unwrap(),
+                None,
+            ),
+        ];
+        for (what, edit, expect_hashed) in edits {
+            edit(&tree);
+            let (now, hashed) = tree_hash(&tree, &cache);
+            assert_ne!(now, last, "{what}: the hash did not change");
+            if let Some(n) = expect_hashed {
+                assert_eq!(hashed, n, "{what}: files read");
+            }
+            // The cache saved by that check holds: the next one reads nothing.
+            assert_eq!(tree_hash(&tree, &cache), (now.clone(), 0), "{what}: again");
+            last = now;
+        }
+    }
+
+    #[test]
+    fn decimals_are_what_display_writes() {
+        for n in [0, 7, 10, 65534, 100000, u32::MAX] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
+    }
 
     #[test]
     fn nested_requirement_lines() {
@@ -526,11 +690,7 @@ mod tests {
 
     #[test]
     fn project_paths_stay_in_the_project() {
-        let pos = Pos {
-            file: std::sync::Arc::new("vagga.yaml".into()),
-            line: 1,
-            col: 1,
-        };
+        let pos = test_pos();
         let root = Path::new("/p");
         assert_eq!(project_path(root, "./a", &pos).unwrap(), Path::new("/p/a"));
         assert_eq!(

@@ -544,16 +544,31 @@ commands:
     assert!(stdout.contains("/proc/self/fd/3 -> socket:"), "{stdout}");
 }
 
-/// A user with subordinate ids, and the system files the test changes, restored on drop.
+/// A user with subordinate ids from `first`, and the system files the test changes, restored
+/// on drop.
 struct TestUser {
     name: &'static str,
-    subuid: String,
-    subgid: String,
+    first: u32,
     newuidmap_mode: u32,
 }
 
+/// Tests run in parallel and change system files their users share: each edits its own
+/// user's line of `/etc/subuid` and `/etc/subgid`, and one takes the setuid bit off
+/// `newuidmap` for a moment. Edits hold the lock exclusively (so one edit does not overwrite
+/// another), users of `newuidmap` shared. The lock ends with the returned file.
+fn lock_system_files(exclusive: bool) -> fs::File {
+    let lock =
+        fs::File::create(std::env::temp_dir().join("vagga-tests-system-files.lock")).unwrap();
+    if exclusive {
+        lock.lock().unwrap();
+    } else {
+        lock.lock_shared().unwrap();
+    }
+    lock
+}
+
 impl TestUser {
-    fn create(name: &'static str) -> TestUser {
+    fn create(name: &'static str, first: u32) -> TestUser {
         if nix::unistd::User::from_name(name).ok().flatten().is_none() {
             let status = std::process::Command::new("useradd")
                 .args(["-M", "-s", "/bin/sh", name])
@@ -561,24 +576,29 @@ impl TestUser {
                 .unwrap();
             assert!(status.success(), "useradd {name}");
         }
+        let newuidmap_mode = {
+            let _lock = lock_system_files(false);
+            fs::metadata("/usr/bin/newuidmap").unwrap().mode() & 0o7777
+        };
         let user = TestUser {
             name,
-            subuid: fs::read_to_string("/etc/subuid").unwrap_or_default(),
-            subgid: fs::read_to_string("/etc/subgid").unwrap_or_default(),
-            newuidmap_mode: fs::metadata("/usr/bin/newuidmap").unwrap().mode() & 0o7777,
+            first,
+            newuidmap_mode,
         };
         user.set_range(65536);
         user
     }
 
     fn set_range(&self, count: u32) {
-        for (file, old) in [("/etc/subuid", &self.subuid), ("/etc/subgid", &self.subgid)] {
-            let mut lines: Vec<String> = old
+        let _lock = lock_system_files(true);
+        for file in ["/etc/subuid", "/etc/subgid"] {
+            let now = fs::read_to_string(file).unwrap_or_default();
+            let mut lines: Vec<String> = now
                 .lines()
                 .filter(|l| !l.starts_with(&format!("{}:", self.name)))
                 .map(str::to_owned)
                 .collect();
-            lines.push(format!("{}:200000:{count}", self.name));
+            lines.push(format!("{}:{}:{count}", self.name, self.first));
             fs::write(file, lines.join("\n") + "\n").unwrap();
         }
     }
@@ -599,6 +619,7 @@ impl TestUser {
 
 impl Drop for TestUser {
     fn drop(&mut self) {
+        let _lock = lock_system_files(true);
         let _ = fs::set_permissions(
             "/usr/bin/newuidmap",
             fs::Permissions::from_mode(self.newuidmap_mode),
@@ -618,6 +639,17 @@ impl Drop for TestUser {
     }
 }
 
+/// A copy of vagga that every user may run (the target dir may be closed to them), in a
+/// directory removed with the returned guard.
+fn binary_for_users() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("vagga");
+    fs::copy(env!("CARGO_BIN_EXE_vagga"), &bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, bin)
+}
+
 #[test]
 fn s12_unprivileged_user_with_subordinate_ids() {
     needs_root!();
@@ -630,7 +662,7 @@ fn s12_unprivileged_user_with_subordinate_ids() {
         eprintln!("skipped: needs newuidmap (uidmap) and runuser");
         return;
     }
-    let user = TestUser::create("vaggatest");
+    let user = TestUser::create("vaggatest", 200000);
     let uid = nix::unistd::User::from_name(user.name)
         .unwrap()
         .unwrap()
@@ -645,14 +677,19 @@ fn s12_unprivileged_user_with_subordinate_ids() {
     - !RunAs {user-id: 1, group-id: 1, script: \"touch /d/f\"}
 commands:
   c: !Command {container: c, user-id: 1, run: id -u}
+  ext: !Command
+    container: c
+    user-id: 2
+    external-user-id: 5
+    volumes: {/d: !Snapshot }
+    run: cat /proc/self/uid_map; stat -c %u /d/f
+  group: !Supervise
+    isolate-network: true
+    children: {only: !Command {container: c, run: ip -o link}}
 ",
     );
     // The binary and the project must be reachable by the user.
-    let bin_dir = tempfile::tempdir().unwrap();
-    fs::set_permissions(bin_dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let bin = bin_dir.path().join("vagga");
-    fs::copy(env!("CARGO_BIN_EXE_vagga"), &bin).unwrap();
-    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    let (_bin_dir, bin) = binary_for_users();
     fs::set_permissions(p.path(), fs::Permissions::from_mode(0o755)).unwrap();
     for entry in fs::read_dir(p.path()).unwrap() {
         std::os::unix::fs::chown(entry.unwrap().path(), Some(uid), Some(uid)).unwrap();
@@ -683,7 +720,28 @@ commands:
         "{}",
         text(&run)
     );
+    // external-user-id 5 of the build namespace is the user's 5th subordinate id, which
+    // newuidmap allows; the snapshot is seeded by the unprivileged container itself.
+    let run = user.run(p.path(), &bin, &["ext"]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(lines.contains(&vec!["2", "200004", "1"]), "{out}");
+    assert_eq!(lines.last().unwrap(), &vec!["1"], "{out}");
+    // A user cannot join a shared network namespace: the child gets one of its own.
+    let run = user.run(p.path(), &bin, &["group"]);
+    assert_exit(&run, 0, "children get a network namespace each");
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).lines().count(),
+        1,
+        "{}",
+        text(&run)
+    );
 
+    let setuid_off = lock_system_files(true);
     fs::set_permissions(
         "/usr/bin/newuidmap",
         fs::Permissions::from_mode(user.newuidmap_mode & !0o4000),
@@ -697,6 +755,7 @@ commands:
         fs::Permissions::from_mode(user.newuidmap_mode),
     )
     .unwrap();
+    drop(setuid_off);
 
     user.set_range(1000);
     assert_exit(
@@ -1026,4 +1085,81 @@ fn extra_debian_pip_npm_with_warm_caches() {
         "the warm rebuild downloaded packages"
     );
     assert_eq!(p.ok(&["_run", "base", "hello"]), "Hello, world!\n");
+
+    unprivileged_debian_from_warm_cache(&cache);
+}
+
+/// `!Debian` as an ordinary user: debootstrap runs as root of the build's user namespace. The
+/// project's apt cache starts as hard links to `warm_cache` (the root build's), so the
+/// bootstrap downloads no package.
+fn unprivileged_debian_from_warm_cache(warm_cache: &Path) {
+    if !Path::new("/usr/bin/newuidmap").exists() {
+        eprintln!("skipped the unprivileged !Debian build: needs newuidmap (uidmap)");
+        return;
+    }
+    const FIRST_SUBORDINATE: u32 = 300000;
+    let user = TestUser::create("vaggadeb", FIRST_SUBORDINATE);
+    let uid = nix::unistd::User::from_name(user.name)
+        .unwrap()
+        .unwrap()
+        .uid;
+    let p = Project::bare("containers:\n  deb:\n    setup:\n    - !Debian bookworm\n");
+    let cache = p.path().join(".vagga/.cache/apt-cache");
+    fs::create_dir_all(&cache).unwrap();
+    for deb in cached_debs(warm_cache).keys() {
+        let (from, to) = (warm_cache.join(deb), cache.join(deb));
+        // The links stay root's: debootstrap only reads cached packages.
+        if fs::hard_link(&from, &to).is_err() {
+            fs::copy(&from, &to).unwrap();
+        }
+    }
+    fs::set_permissions(p.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    for dir in [p.path().to_owned(), p.path().join("vagga.yaml")]
+        .into_iter()
+        .chain(cache.ancestors().take(3).map(Path::to_owned))
+    {
+        nix::unistd::chown(
+            &dir,
+            Some(uid),
+            Some(nix::unistd::Gid::from_raw(uid.as_raw())),
+        )
+        .unwrap();
+    }
+    let (_bin_dir, bin) = binary_for_users();
+    let warm = cached_debs(&cache);
+
+    let _uses_newuidmap = lock_system_files(false);
+    let started = Instant::now();
+    let build = user.run(p.path(), &bin, &["_build", "deb"]);
+    assert_eq!(build.status.code(), Some(0), "{}", text(&build));
+    eprintln!(
+        "unprivileged !Debian bookworm from a warm cache: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        cached_debs(&cache),
+        warm,
+        "the bootstrap downloaded packages"
+    );
+    let run = user.run(
+        p.path(),
+        &bin,
+        &["_run", "deb", "cat", "/etc/debian_version"],
+    );
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    assert!(
+        String::from_utf8_lossy(&run.stdout).starts_with("12."),
+        "{}",
+        text(&run)
+    );
+    // Inside root is the user; the group mail (8) is the user's 8th subordinate id.
+    let root = p.path().join(".vagga/deb");
+    assert_eq!(
+        fs::metadata(root.join("etc/debian_version")).unwrap().uid(),
+        uid.as_raw()
+    );
+    assert_eq!(
+        fs::metadata(root.join("var/mail")).unwrap().gid(),
+        FIRST_SUBORDINATE + 7
+    );
 }
