@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write;
 
-use crate::metric::{Key, SeriesKey, Source, Value};
+use crate::metric::{Fields, SeriesKey, Source, Value};
 
 /// Prometheus metric and label names use only these characters.
 fn sanitize(name: &str) -> String {
@@ -47,15 +47,15 @@ pub fn prometheus_name(key: &SeriesKey, per_pid: bool) -> Option<(String, Labels
         Source::Group => "cantal_group_",
         Source::App => "cantal_app_",
     };
-    let metric = key.fields.get("metric").map_or("unnamed", String::as_str);
+    let metric = key.fields.get("metric").unwrap_or("unnamed");
     Some((format!("{prefix}{}", sanitize(metric)), labels(&key.fields)))
 }
 
-fn labels(fields: &Key) -> Labels {
+fn labels(fields: &Fields) -> Labels {
     fields
         .iter()
-        .filter(|(name, _)| name.as_str() != "metric")
-        .map(|(name, value)| (sanitize(name), value.clone()))
+        .filter(|(name, _)| *name != "metric")
+        .map(|(name, value)| (sanitize(name), value.to_owned()))
         .collect()
 }
 

@@ -169,7 +169,9 @@ impl Series {
     fn new(kind: Kind) -> Self {
         Self {
             kind,
-            chunks: VecDeque::new(),
+            // One chunk covers the first two minutes; the default first allocation of four
+            // would cost 200 bytes more per series.
+            chunks: VecDeque::with_capacity(1),
             last_scan: 0,
         }
     }
@@ -182,6 +184,8 @@ impl Series {
         if full {
             if let Some(chunk) = self.chunks.back_mut() {
                 chunk.flush_run();
+                // A full chunk is never written again; most are a few bytes of runs.
+                chunk.data.shrink_to_fit();
             }
             self.chunks.push_back(Chunk::new(scan));
         }

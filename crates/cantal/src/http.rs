@@ -272,6 +272,13 @@ fn add_agent_metrics(state: &AgentState, latest: &crate::scanner::Scan, out: &mu
         latest.duration.as_secs_f64(),
     );
     out.add(
+        "cantal_agent_process_sweep_duration_seconds",
+        Kind::Gauge,
+        "duration of the last scan's per-process sweep (part of the scan)",
+        none(),
+        latest.sweep_duration.as_secs_f64(),
+    );
+    out.add(
         "cantal_agent_processes",
         Kind::Gauge,
         "processes seen by the last scan",
@@ -776,7 +783,7 @@ async fn status_page(State(state): State<Shared>) -> Html<String> {
         if key.source != crate::metric::Source::Group {
             continue;
         }
-        let name = key.fields.get("group").cloned().unwrap_or_default();
+        let name = key.fields.get("group").unwrap_or_default().to_owned();
         let entry = by_group.entry(name).or_default();
         match key.metric() {
             "rss" => entry.1 = value.as_f64().unwrap_or(0.0),

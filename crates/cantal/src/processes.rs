@@ -1,5 +1,6 @@
 //! The per-process sweep: one `readdir(/proc)` per scan; `stat`, `status`, `io` and `cgroup`
-//! kept open per (pid, start time) and re-read with `pread`; `cmdline` and `environ` read when
+//! kept open per (pid, start time) and re-read with `pread` (past the open files limit less a
+//! reserve, opened for each read instead); `cmdline` and `environ` read when
 //! a process is first seen and again when its name changes (an exec). A process that exits
 //! mid-scan is dropped without a word.
 
@@ -61,7 +62,8 @@ pub struct ProcessInfo {
     pub system_time: u64,
     pub child_user_time: u64,
     pub child_system_time: u64,
-    pub cmdline: String,
+    /// Shared with the process table: read once per program, not copied every scan.
+    pub cmdline: Arc<str>,
     /// Absent when `io` is not readable.
     pub read_bytes: Option<u64>,
     pub write_bytes: Option<u64>,
@@ -79,18 +81,82 @@ pub struct Process {
     pub keys: Arc<[SeriesKey]>,
 }
 
+/// Descriptors under the open files limit that the sweep leaves to the rest of the agent
+/// (HTTP and gRPC connections, storage, reopened proc files).
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// A proc file of one process: kept open and re-read with `pread`, or, past the table's
+/// descriptor budget, opened for each read.
+#[derive(Debug)]
+enum ProcFile {
+    Kept(File),
+    Reopened(PathBuf),
+}
+
+impl ProcFile {
+    /// Keeps the file open while `budget` allows; the file must exist either way.
+    fn open(path: PathBuf, budget: &mut usize) -> io::Result<Self> {
+        if *budget == 0 {
+            std::fs::metadata(&path)?;
+            return Ok(Self::Reopened(path));
+        }
+        match File::open(&path) {
+            Ok(file) => {
+                *budget -= 1;
+                Ok(Self::Kept(file))
+            }
+            Err(e) if is_out_of_descriptors(&e) => Ok(Self::Reopened(path)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn is_kept(&self) -> bool {
+        matches!(self, Self::Kept(_))
+    }
+
+    fn read<'a>(&self, buffer: &'a mut Vec<u8>) -> io::Result<&'a [u8]> {
+        match self {
+            Self::Kept(file) => read_at(file, buffer),
+            Self::Reopened(path) => read_at(&File::open(path)?, buffer),
+        }
+    }
+}
+
+/// EMFILE or ENFILE: the process or the system has no descriptor left.
+fn is_out_of_descriptors(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(code) if code == nix::errno::Errno::EMFILE as i32 || code == nix::errno::Errno::ENFILE as i32
+    )
+}
+
+/// Raises the soft limit on open files to the hard limit: the sweep keeps four descriptors
+/// per process, and the usual soft limit of 1024 would cover about 190 processes.
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
+    }
+}
+
 #[derive(Debug)]
 struct Tracked {
     start_time: u64,
-    stat: File,
-    status: File,
-    io: Option<File>,
-    cgroup: File,
+    stat: ProcFile,
+    status: ProcFile,
+    io: Option<ProcFile>,
+    cgroup: ProcFile,
     /// The name (`comm`) when `cmdline` and `environ` were read: an exec changes it, and then
     /// they are read again (a process seen between fork and exec would otherwise keep its
     /// parent's command line).
     comm: String,
-    cmdline: String,
+    cmdline: Arc<str>,
     app: Option<AppSource>,
     lithos_container: Option<Container>,
     /// The `cgroup` file last read, and what was derived from it: a process seldom moves, so
@@ -98,6 +164,21 @@ struct Tracked {
     cgroup_file: Vec<u8>,
     group: Option<Group>,
     keys: Arc<[SeriesKey]>,
+}
+
+impl Tracked {
+    fn kept_files(&self) -> usize {
+        [
+            Some(&self.stat),
+            Some(&self.status),
+            self.io.as_ref(),
+            Some(&self.cgroup),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|file| file.is_kept())
+        .count()
+    }
 }
 
 /// Processes tracked across sweeps.
@@ -108,6 +189,8 @@ pub struct ProcessTable {
     page_size: u64,
     ticks_per_second: u64,
     tracked: HashMap<i32, Tracked>,
+    /// How many more proc files may be kept open (from the open files limit at start).
+    kept_budget: usize,
     buffer: Vec<u8>,
 }
 
@@ -119,6 +202,7 @@ impl ProcessTable {
             page_size: procfs::page_size(),
             ticks_per_second: procfs::ticks_per_second().max(1),
             tracked: HashMap::new(),
+            kept_budget: keepable_files(),
             buffer: vec![0; READ_SIZE],
         }
     }
@@ -145,7 +229,14 @@ impl ProcessTable {
                 processes.push(process);
             }
         }
-        self.tracked.retain(|pid, _| seen.contains(pid));
+        let budget = &mut self.kept_budget;
+        self.tracked.retain(|pid, tracked| {
+            let alive = seen.contains(pid);
+            if !alive {
+                *budget += tracked.kept_files();
+            }
+            alive
+        });
         processes
     }
 
@@ -153,13 +244,17 @@ impl ProcessTable {
         // A kept descriptor reads ESRCH once its process is gone, even if the pid is reused:
         // then the pid is opened afresh.
         let stat = match self.tracked.get(&pid) {
-            Some(tracked) => match read_at(&tracked.stat, &mut self.buffer)
+            Some(tracked) => match tracked
+                .stat
+                .read(&mut self.buffer)
                 .ok()
                 .and_then(|bytes| Stat::from_read(bytes).ok())
             {
                 Some(stat) if stat.starttime == tracked.start_time => stat,
                 _ => {
-                    self.tracked.remove(&pid);
+                    if let Some(gone) = self.tracked.remove(&pid) {
+                        self.kept_budget += gone.kept_files();
+                    }
                     self.open(pid)?
                 }
             },
@@ -176,13 +271,13 @@ impl ProcessTable {
             // the cgroup file.
             tracked.cgroup_file.clear();
         }
-        let status = StatusFields::parse(read_at(&tracked.status, &mut self.buffer).ok()?)?;
+        let status = StatusFields::parse(tracked.status.read(&mut self.buffer).ok()?)?;
         let io = tracked
             .io
             .as_ref()
-            .and_then(|file| read_at(file, &mut self.buffer).ok())
+            .and_then(|file| file.read(&mut self.buffer).ok())
             .and_then(IoFields::parse);
-        let cgroup_file = read_at(&tracked.cgroup, &mut self.buffer).ok()?;
+        let cgroup_file = tracked.cgroup.read(&mut self.buffer).ok()?;
         if cgroup_file != tracked.cgroup_file.as_slice() {
             let mut group = cgroup_path(&String::from_utf8_lossy(cgroup_file))
                 .and_then(|path| group_of(path, &self.lithos_root));
@@ -217,7 +312,7 @@ impl ProcessTable {
             system_time: stat.stime,
             child_user_time: u64::try_from(stat.cutime).unwrap_or(0),
             child_system_time: u64::try_from(stat.cstime).unwrap_or(0),
-            cmdline: tracked.cmdline.clone(),
+            cmdline: Arc::clone(&tracked.cmdline),
             read_bytes: io.map(|io| io.read_bytes),
             write_bytes: io.map(|io| io.write_bytes),
             cgroup: group.as_ref().map(|g| g.name.clone()),
@@ -238,12 +333,15 @@ impl ProcessTable {
     /// Opens a process's files; reads `cmdline` and `environ` once.
     fn open(&mut self, pid: i32) -> Option<Stat> {
         let dir = self.proc_root.join(pid.to_string());
-        let stat_file = File::open(dir.join("stat")).ok()?;
-        let stat = Stat::from_read(read_at(&stat_file, &mut self.buffer).ok()?).ok()?;
-        let status = File::open(dir.join("status")).ok()?;
-        let cgroup = File::open(dir.join("cgroup")).ok()?;
+        // Descriptors are given back when a file fails to open or the process is not kept.
+        let mut budget = self.kept_budget;
+        let stat_file = ProcFile::open(dir.join("stat"), &mut budget).ok()?;
+        let stat = Stat::from_read(stat_file.read(&mut self.buffer).ok()?).ok()?;
+        let status = ProcFile::open(dir.join("status"), &mut budget).ok()?;
+        let cgroup = ProcFile::open(dir.join("cgroup"), &mut budget).ok()?;
         // io and environ need ptrace rights; without them the process is still listed.
-        let io = File::open(dir.join("io")).ok();
+        let io = ProcFile::open(dir.join("io"), &mut budget).ok();
+        self.kept_budget = budget;
         let (cmdline, env) = read_image(&dir);
         self.tracked.insert(
             pid,
@@ -267,13 +365,20 @@ impl ProcessTable {
     }
 }
 
+/// Proc files the sweep may keep open: the open files limit less a reserve.
+fn keepable_files() -> usize {
+    use nix::sys::resource::{Resource, getrlimit};
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+    usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX)
+}
+
 /// The command line and environment of the program a process runs (read at its first sight
 /// and again after an exec).
-fn read_image(dir: &Path) -> (String, Environment) {
+fn read_image(dir: &Path) -> (Arc<str>, Environment) {
     let cmdline = read_capped(&dir.join("cmdline"), MAX_CMDLINE)
         .map(|bytes| {
             let text = String::from_utf8_lossy(&bytes);
-            text.trim_end_matches('\0').replace('\0', " ")
+            text.trim_end_matches('\0').replace('\0', " ").into()
         })
         .unwrap_or_default();
     let environ = read_capped(&dir.join("environ"), MAX_ENVIRON).unwrap_or_default();
@@ -501,7 +606,7 @@ mod tests {
         assert!(mine.info.num_threads >= 1);
         let sleeper = processes.iter().find(|p| p.info.pid == child_pid).unwrap();
         assert_eq!(sleeper.info.name, "sleep");
-        assert_eq!(sleeper.info.cmdline, "sleep 30");
+        assert_eq!(&*sleeper.info.cmdline, "sleep 30");
         assert_eq!(
             sleeper.app.as_ref().map(|a| a.path.clone()),
             Some(PathBuf::from("/nonexistent/app"))
@@ -529,6 +634,40 @@ mod tests {
         child.wait().unwrap();
         assert!(!table.sweep(Some(1)).iter().any(|p| p.info.pid == child_pid));
         assert!(!table.tracked.contains_key(&child_pid));
+    }
+
+    #[test]
+    fn past_the_descriptor_budget_files_are_opened_per_read() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let child_pid = i32::try_from(child.id()).unwrap();
+        let mut kept = ProcessTable::new("/proc", "lithos.slice");
+        let budget = kept.kept_budget;
+        let mut reopened = ProcessTable::new("/proc", "lithos.slice");
+        reopened.kept_budget = 0;
+        let find = |table: &mut ProcessTable| {
+            table
+                .sweep(Some(1))
+                .into_iter()
+                .find(|p| p.info.pid == child_pid)
+                .unwrap()
+                .info
+        };
+        let (a, b) = (find(&mut kept), find(&mut reopened));
+        assert_eq!(a, b);
+        assert!(a.read_bytes.is_some());
+        assert_eq!(reopened.tracked[&child_pid].kept_files(), 0);
+        assert_eq!(find(&mut reopened), b, "a second sweep reads the same");
+        assert_eq!(kept.tracked[&child_pid].kept_files(), 4);
+        // The descriptors of a process that exits go back to the budget.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kept.sweep(Some(1));
+        assert!(!kept.tracked.contains_key(&child_pid));
+        let held: usize = kept.tracked.values().map(Tracked::kept_files).sum();
+        assert_eq!(kept.kept_budget + held, budget);
     }
 
     #[test]

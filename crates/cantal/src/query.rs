@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use crate::history::History;
-use crate::metric::Key;
+use crate::metric::{Fields, Key};
 
 /// Points of a `fine` rule without `points`.
 pub const DEFAULT_POINTS: usize = 150;
@@ -117,10 +117,10 @@ impl Condition {
         }
     }
 
-    pub fn matches(&self, key: &Key) -> bool {
+    pub fn matches(&self, key: &Fields) -> bool {
         match self {
-            Self::Eq(field, value) => key.get(field) == Some(value),
-            Self::NotEq(field, value) => key.get(field) != Some(value),
+            Self::Eq(field, value) => key.get(field) == Some(value.as_str()),
+            Self::NotEq(field, value) => key.get(field) != Some(value.as_str()),
             Self::RegexLike(field, regex) => key.get(field).is_some_and(|v| regex.is_match(v)),
             Self::And(all) => all.iter().all(|c| c.matches(key)),
             Self::Or(any) => any.iter().any(|c| c.matches(key)),
@@ -207,7 +207,7 @@ fn run_rule(rule: &Json, history: &History) -> Result<Json, String> {
             .filter(|(key, _)| condition.matches(&key.fields))
             .filter_map(|(key, _)| {
                 let (_, values) = history.values(key, scans.clone())?;
-                Some((Key::clone(&key.fields), values))
+                Some((key.fields.to_map(), values))
             })
             .collect(),
     };
@@ -387,7 +387,7 @@ mod tests {
 
     #[test]
     fn conditions() {
-        let k = key("m", [("a", "1".to_owned())]);
+        let k = Fields::from(&key("m", [("a", "1".to_owned())]));
         let parse = |j: Json| Condition::parse(&j).unwrap();
         assert!(parse(json!(["eq", "a", "1"])).matches(&k));
         assert!(parse(json!(["not_eq", "a", "2"])).matches(&k));

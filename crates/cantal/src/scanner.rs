@@ -10,7 +10,7 @@ use crate::app_metrics::{AppFileError, AppReader};
 use crate::groups::Group;
 use crate::metric::{Key, Sample, SeriesKey, Source, Value, key};
 use crate::processes::{Process, ProcessInfo, ProcessTable};
-use crate::sockets::SocketSummary;
+use crate::sockets::{SocketReader, SocketSummary};
 use crate::system;
 
 /// An app state is reported for this long after it was entered.
@@ -32,6 +32,8 @@ pub struct Scan {
     pub timestamp_ms: u64,
     /// How long the scan took.
     pub duration: Duration,
+    /// How long the per-process sweep (the `/proc` listing and each process's files) took.
+    pub sweep_duration: Duration,
     pub boot_time_ms: Option<u64>,
     pub samples: Vec<Sample>,
     pub processes: Vec<ProcessInfo>,
@@ -40,12 +42,17 @@ pub struct Scan {
     pub app_files: usize,
 }
 
-/// Keeps what must survive between scans: open process files and cached app meta.
+/// Keeps what must survive between scans: open process files, the netlink socket and cached
+/// app meta.
 #[derive(Debug)]
 pub struct Scanner {
     config: ScannerConfig,
     processes: ProcessTable,
+    sockets: SocketReader,
     apps: AppReader,
+    /// Samples of the previous scan: the next one reserves that many at once instead of
+    /// growing by doubling, which leaves freed blocks of every size behind.
+    previous_samples: usize,
 }
 
 /// Sums over the processes of one group.
@@ -66,18 +73,22 @@ impl Scanner {
     pub fn new(config: ScannerConfig) -> Self {
         Self {
             processes: ProcessTable::new(&config.proc_root, config.lithos_root.clone()),
+            sockets: SocketReader::new(&config.proc_root),
             apps: AppReader::new(),
+            previous_samples: 0,
             config,
         }
     }
 
     pub fn scan(&mut self, timestamp_ms: u64) -> Scan {
         let started = Instant::now();
-        let mut samples = Vec::new();
+        let mut samples = Vec::with_capacity(self.previous_samples + self.previous_samples / 16);
         let info = system::collect(&self.config.proc_root, &mut samples);
-        let sockets = SocketSummary::read(&self.config.proc_root);
+        let sockets = self.sockets.read();
         sockets.samples(&mut samples);
+        let sweep_started = Instant::now();
         let processes = self.processes.sweep(info.boot_time_ms);
+        let sweep_duration = sweep_started.elapsed();
         let mut groups: BTreeMap<Group, GroupTotals> = BTreeMap::new();
         for process in &processes {
             process_samples(process, &mut samples);
@@ -89,9 +100,11 @@ impl Scanner {
             totals.samples(group, &mut samples);
         }
         let app_files = self.app_samples(&processes, timestamp_ms, &mut samples);
+        self.previous_samples = samples.len();
         Scan {
             timestamp_ms,
             duration: started.elapsed(),
+            sweep_duration,
             boot_time_ms: info.boot_time_ms,
             samples,
             processes: processes.into_iter().map(|p| p.info).collect(),

@@ -274,7 +274,7 @@ mod tests {
     use super::*;
 
     fn find<'a>(out: &'a [Sample], metric: &str) -> Vec<&'a Sample> {
-        out.iter().filter(|(k, _)| k["metric"] == metric).collect()
+        out.iter().filter(|(k, _)| &k["metric"] == metric).collect()
     }
 
     #[test]
@@ -283,10 +283,7 @@ mod tests {
         parse_uptime("350735.47 234388.90\n", &mut out);
         parse_loadavg("0.50 0.25 0.10 2/456 12345\n", &mut out);
         parse_file_nr("1376\t0\t9223372036854775807\n", &mut out);
-        let values: Vec<_> = out
-            .iter()
-            .map(|(k, v)| (k["metric"].as_str(), v.clone()))
-            .collect();
+        let values: Vec<_> = out.iter().map(|(k, v)| (&k["metric"], v.clone())).collect();
         assert_eq!(
             values,
             [
@@ -339,10 +336,10 @@ mod tests {
         parse_net_dev(text, &mut out);
         assert_eq!(out.len(), 32);
         let rx = find(&out, "net.interface.rx.bytes");
-        assert_eq!(rx[0].0["interface"], "lo");
+        assert_eq!(&rx[0].0["interface"], "lo");
         assert_eq!(rx[0].1, Value::Counter(1000));
         let carrier = find(&out, "net.interface.tx.carrier");
-        assert_eq!(carrier[1].0["interface"], "eth0");
+        assert_eq!(&carrier[1].0["interface"], "eth0");
         assert_eq!(carrier[1].1, Value::Counter(19));
         assert_eq!(
             find(&out, "net.interface.rx.multicast")[1].1,
@@ -375,7 +372,7 @@ mod tests {
             Value::Counter(800 * 512)
         );
         assert_eq!(find(&out, "disk.in_progress")[0].1, Value::Integer(1));
-        assert_eq!(find(&out, "disk.weighted_time")[0].0["device"], "nvme0n1");
+        assert_eq!(&find(&out, "disk.weighted_time")[0].0["device"], "nvme0n1");
     }
 
     #[test]

@@ -176,6 +176,7 @@ async fn http_api_answers() {
         "cantal_load_avg_1min",
         "cantal_net_interface_rx_bytes_total",
         "cantal_agent_scan_duration_seconds",
+        "cantal_agent_process_sweep_duration_seconds",
         "cantal_agent_bad_packets_total",
         "cantal_agent_peers",
     ] {
@@ -495,4 +496,48 @@ async fn duplicate_machine_ids_are_reported() {
         .iter()
         .any(|p| p["id"] == "5eed5eed5eed5eed5eed5eed5eed5eed" && p["state"] == "alive");
     assert!(listed, "{c_peers}");
+}
+
+/// The sweep keeps four descriptors per process, so the agent raises its soft open files limit
+/// to the hard one at start.
+#[test]
+fn raises_the_open_files_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port().to_string();
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", r#"ulimit -Sn 256 && exec "$0" "$@""#, common::AGENT])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--log-format",
+            "json",
+        ])
+        .args(["--override-machine-id", "0000000000000000000000000000f11e"])
+        .arg("--socket")
+        .arg(dir.path().join("agent.sock"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let limits = format!("/proc/{}/limits", child.id());
+    let open_files = || -> Option<(String, String)> {
+        let text = std::fs::read_to_string(&limits).ok()?;
+        let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+        let mut words = line.split_whitespace().skip(3);
+        Some((words.next()?.to_owned(), words.next()?.to_owned()))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen = open_files();
+    while seen.as_ref().is_none_or(|(soft, hard)| soft != hard)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        seen = open_files();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (soft, hard) = seen.expect("no open files limit");
+    assert_eq!(soft, hard, "soft limit not raised");
+    assert_ne!(soft, "256");
 }

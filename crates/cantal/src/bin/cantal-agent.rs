@@ -141,6 +141,7 @@ fn config(args: Args) -> anyhow::Result<AgentConfig> {
 fn main() -> ExitCode {
     let args = Args::parse();
     logging::init(args.log_format);
+    cantal::processes::raise_open_files_limit();
     let config = match config(args) {
         Ok(config) => config,
         Err(e) => {
@@ -148,8 +149,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread serves HTTP, gRPC and gossip, and the scan runs on a blocking thread: more
+    // workers only add stacks and malloc arenas (measured in docs/benchmarks.md).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
