@@ -275,28 +275,36 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_follower_takes_a_pushed_schedule_without_fetching() {
-        let tmp = tempfile::tempdir().unwrap();
+    /// Leader `id(1)` at 127.0.0.1 and its follower `id(2)` at 127.0.0.2, on one free port;
+    /// only the follower serves HTTP.
+    async fn pair(dir: &Path, shutdown: &CancellationToken) -> (Arc<Node>, Arc<Node>, u16) {
         let port = free_port().await;
         let (leader, follower) = (id(1), id(2));
-        let shutdown = CancellationToken::new();
-        // No HTTP server at the leader's address: a fetch could not succeed.
         let follower_node = node(
-            &tmp.path().join("f"),
+            &dir.join("f"),
             follower,
             port,
             Some(leader),
             &[(leader, "127.0.0.1")],
         );
-        serve(&follower_node, Ipv4Addr::new(127, 0, 0, 2), port, &shutdown).await;
+        serve(&follower_node, Ipv4Addr::new(127, 0, 0, 2), port, shutdown).await;
         let leader_node = node(
-            &tmp.path().join("l"),
+            &dir.join("l"),
             leader,
             port,
             None,
             &[(follower, "127.0.0.2")],
         );
+        (leader_node, follower_node, port)
+    }
+
+    #[tokio::test]
+    async fn a_follower_takes_a_pushed_schedule_without_fetching() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shutdown = CancellationToken::new();
+        // No HTTP server at the leader's address: a fetch could not succeed.
+        let (leader_node, follower_node, _) = pair(tmp.path(), &shutdown).await;
+        let leader = id(1);
         leader_node
             .state()
             .actions
@@ -337,25 +345,10 @@ mod tests {
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
         let tmp = tempfile::tempdir().unwrap();
-        let port = free_port().await;
-        let (leader, follower, stranger) = (id(1), id(2), id(3));
         let shutdown = CancellationToken::new();
-        let follower_node = node(
-            &tmp.path().join("f"),
-            follower,
-            port,
-            Some(leader),
-            &[(leader, "127.0.0.1")],
-        );
-        serve(&follower_node, Ipv4Addr::new(127, 0, 0, 2), port, &shutdown).await;
-        let leader_node = node(
-            &tmp.path().join("l"),
-            leader,
-            port,
-            None,
-            &[(follower, "127.0.0.2")],
-        );
+        let (leader_node, follower_node, port) = pair(tmp.path(), &shutdown).await;
         serve(&leader_node, Ipv4Addr::new(127, 0, 0, 1), port, &shutdown).await;
+        let (leader, stranger) = (id(1), id(3));
         let schedule =
             leader_node.install(Schedule::new(json!({"vars": {"value": 7}}), 10, leader));
         let follower_addr = SocketAddr::from(([127, 0, 0, 2], port));
