@@ -222,6 +222,12 @@ if mountpoint -q /sys/fs/cgroup/unified 2>/dev/null; then
 fi
 root="$out/rootfs"
 l="$out/lithos"
+# The runtime dirs on tmpfs, as lithos' default /run/lithos is on a normal host and as crun's
+# and runc's state dirs under /run are here (the mounts vanish with this namespace).
+for variant in nocg cg; do
+    mkdir -p "$l/$variant/run"
+    mount -t tmpfs -o mode=0755 lithos-bench-run "$l/$variant/run"
+done
 bin="$repo/target/release"
 load="$out/load.txt"
 : > "$load"

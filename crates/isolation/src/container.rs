@@ -198,8 +198,11 @@ impl Container {
     }
 
     /// Runs the container in an existing network namespace (shared with other containers)
-    /// instead of the caller's; overrides [`Container::network_namespace`]. The spawning
-    /// thread enters it for the `clone3`, which needs `CAP_SYS_ADMIN` (root).
+    /// instead of the caller's; overrides [`Container::network_namespace`]. For one made by
+    /// [`NetworkNamespace::new`] the spawning thread enters it for the `clone3`, which needs
+    /// `CAP_SYS_ADMIN` (root). For one made by [`NetworkNamespace::with_user_namespace`]
+    /// the container's user namespace (required) is nested in the owning one, with the
+    /// container's maps rewritten into the owner's ids: no privilege is needed.
     pub fn join_network_namespace(&mut self, ns: NetworkNamespace) -> &mut Self {
         self.joined_network = Some(ns);
         self

@@ -131,6 +131,25 @@ pub enum SpawnError {
     /// Entering a shared network namespace to start the container in it failed.
     #[error("enter the shared network namespace: {0}")]
     JoinNetwork(OsReason),
+    /// A step of starting a container in a network namespace owned by another user
+    /// namespace failed.
+    #[error("{step} for a container in the shared network namespace: {reason}")]
+    Nested {
+        step: &'static str,
+        reason: OsReason,
+    },
+    /// Opening a pidfd for a container started in a shared network namespace failed.
+    #[error(transparent)]
+    NestedPidfd(PidfdError),
+    /// A container in a network namespace owned by another user namespace has no user
+    /// namespace to nest in it.
+    #[error(
+        "a container joining a network namespace owned by a user namespace needs a user namespace"
+    )]
+    NestedWithoutUserNamespace,
+    /// An id of a container is not mapped in the user namespace it would nest in.
+    #[error("{kind} {id} is not mapped in the user namespace owning the shared network namespace")]
+    NotInOwner { kind: &'static str, id: u32 },
     /// `clone3` failed (namespaces not permitted, limits reached).
     #[error("clone3 with flags {flags:#x}: {reason}")]
     Clone { flags: u64, reason: OsReason },

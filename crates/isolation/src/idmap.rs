@@ -33,7 +33,7 @@ pub(crate) fn write_maps(pid: Pid, userns: &UserNamespace) -> Result<(), SpawnEr
     }
 }
 
-fn format_map(map: &[IdMap]) -> String {
+pub(crate) fn format_map(map: &[IdMap]) -> String {
     map.iter()
         .map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count))
         .collect()

@@ -89,7 +89,12 @@ pub(crate) unsafe fn clone3(flags: u64, pidfd: *mut RawFd) -> Result<libc::pid_t
     let mut args = CloneArgs {
         flags,
         pidfd: pidfd as u64,
-        exit_signal: libc::SIGCHLD as u64,
+        // A sibling (CLONE_PARENT) ends with its parent's exit signal; clone3 takes none.
+        exit_signal: if flags & libc::CLONE_PARENT as u64 == 0 {
+            libc::SIGCHLD as u64
+        } else {
+            0
+        },
         ..CloneArgs::default()
     };
     // SAFETY: args is a clone_args of the size passed; the caller upholds the fork contract.
@@ -150,38 +155,25 @@ impl Container {
         if self.user_namespace.is_some() {
             flags |= libc::CLONE_NEWUSER as u64;
         }
-        let mut pidfd: RawFd = -1;
-        let mut clone = || {
-            // SAFETY: the child continues on a copy of this stack and only runs `child::run`,
-            // which never returns and does not allocate; `pidfd` outlives the call.
-            let ret = unsafe { clone3(flags, &mut pidfd) };
-            if ret == Ok(0) {
-                child::run(&plan.ops, status_write.as_raw_fd())
+        let nested = self
+            .joined_network
+            .as_ref()
+            .and_then(|ns| Some((ns, ns.owner()?)));
+        let (pid, pidfd) = match nested {
+            Some((ns, owner)) => {
+                let userns = self
+                    .user_namespace
+                    .as_ref()
+                    .ok_or(SpawnError::NestedWithoutUserNamespace)?;
+                let flags = flags & !(libc::CLONE_PIDFD as u64);
+                owner.spawn_nested(ns, userns, flags, &plan.ops, status_write.as_raw_fd())?
             }
-            ret
+            None => self.clone_here(flags, &plan, status_write.as_raw_fd())?,
         };
-        let ret = match &self.joined_network {
-            // The child is born in the thread's network namespace.
-            Some(ns) => {
-                netns::within(ns, clone).map_err(|e| SpawnError::JoinNetwork(OsReason(e)))?
-            }
-            None => clone(),
-        };
-        let pid = match ret {
-            Ok(pid) => Pid::from_raw(pid),
-            Err(e) => {
-                return Err(SpawnError::Clone {
-                    flags,
-                    reason: OsReason(e),
-                });
-            }
-        };
-        // SAFETY: with CLONE_PIDFD the kernel stored a new descriptor that nothing else owns.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
         drop(status_write);
         drop(go_read);
 
-        let released = self.release(pid, cgroup, &go_write);
+        let released = self.release(pid, cgroup, &go_write, nested.is_none());
         if let Err(e) = released {
             kill_and_reap(&pidfd);
             return Err(e);
@@ -199,9 +191,48 @@ impl Container {
         }
     }
 
-    /// The parent's part: id maps, cgroup membership, then the go byte.
-    fn release(&self, pid: Pid, cgroup: Option<&Cgroup>, go: &OwnedFd) -> Result<(), SpawnError> {
-        if let Some(userns) = &self.user_namespace {
+    /// Clones the container from this thread (inside the joined network namespace, if any).
+    fn clone_here(
+        &self,
+        flags: u64,
+        plan: &Plan,
+        status_fd: RawFd,
+    ) -> Result<(Pid, OwnedFd), SpawnError> {
+        let mut pidfd: RawFd = -1;
+        let mut clone = || {
+            // SAFETY: the child continues on a copy of this stack and only runs `child::run`,
+            // which never returns and does not allocate; `pidfd` outlives the call.
+            let ret = unsafe { clone3(flags, &mut pidfd) };
+            if ret == Ok(0) {
+                child::run(&plan.ops, status_fd)
+            }
+            ret
+        };
+        let ret = match &self.joined_network {
+            // The child is born in the thread's network namespace.
+            Some(ns) => {
+                netns::within(ns, clone).map_err(|e| SpawnError::JoinNetwork(OsReason(e)))?
+            }
+            None => clone(),
+        };
+        let pid = ret.map_err(|e| SpawnError::Clone {
+            flags,
+            reason: OsReason(e),
+        })?;
+        // SAFETY: with CLONE_PIDFD the kernel stored a new descriptor that nothing else owns.
+        Ok((Pid::from_raw(pid), unsafe { OwnedFd::from_raw_fd(pidfd) }))
+    }
+
+    /// The parent's part: id maps (unless already written), cgroup membership, then the go
+    /// byte.
+    fn release(
+        &self,
+        pid: Pid,
+        cgroup: Option<&Cgroup>,
+        go: &OwnedFd,
+        write_maps: bool,
+    ) -> Result<(), SpawnError> {
+        if let Some(userns) = self.user_namespace.as_ref().filter(|_| write_maps) {
             idmap::write_maps(pid, userns)?;
         }
         if let Some(cgroup) = cgroup {
@@ -230,7 +261,7 @@ fn read_status(fd: &OwnedFd) -> Result<Option<(usize, Errno)>, SpawnError> {
     Ok(Some((index, Errno::from_raw(errno))))
 }
 
-fn kill_and_reap(pidfd: &OwnedFd) {
+pub(crate) fn kill_and_reap(pidfd: &OwnedFd) {
     let _ = pidfd::send_signal(pidfd.as_fd(), Signal::SIGKILL);
     while let Err(Errno::EINTR) = waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED) {}
 }

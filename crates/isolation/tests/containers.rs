@@ -608,6 +608,58 @@ fn containers_share_a_network_namespace_with_loopback_up() {
     assert_ne!(Path::new(&seen[0]), host);
 }
 
+#[test]
+fn containers_nest_in_the_user_namespace_owning_a_shared_network_namespace() {
+    require_root!();
+    let line = |inside, outside, count| IdMap {
+        inside,
+        outside,
+        count,
+    };
+    let userns = |map: Vec<IdMap>| UserNamespace {
+        uid_map: map.clone(),
+        gid_map: map,
+        writer: MapWriter::Direct,
+    };
+    // The creator's ids must be mapped in the owner for it to make namespaces there (as
+    // they are for an ordinary user, whose own id is the owner's 0).
+    let owner = vec![line(0, 0, 1), line(1, 300_000, 65536)];
+    let ns = NetworkNamespace::with_user_namespace(userns(owner)).unwrap();
+    let script = "readlink /proc/self/ns/net; ip -o link | cut -d' ' -f2,3; cat /proc/self/uid_map";
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let mut c = shell(script);
+        c.join_network_namespace(ns.try_clone().unwrap())
+            .user_namespace(userns(vec![line(0, 300_000, 65536)]));
+        let (status, out) = run(c);
+        assert!(status.success(), "{status}: {out}");
+        let lines: Vec<_> = out.lines().map(str::to_owned).collect();
+        assert_eq!(lines[1], "lo: <LOOPBACK,UP,LOWER_UP>", "{out}");
+        // Seen from inside, the map names the owner's ids: host 300000 is its 1.
+        let map: Vec<_> = lines[2].split_whitespace().collect();
+        assert_eq!(map, ["0", "1", "65536"], "{out}");
+        seen.push(lines[0].clone());
+    }
+    let host = fs::read_link("/proc/self/ns/net").unwrap();
+    assert_eq!(seen[0], seen[1]);
+    assert_ne!(Path::new(&seen[0]), host);
+    let mut outside = shell("true");
+    outside
+        .join_network_namespace(ns.try_clone().unwrap())
+        .user_namespace(userns(vec![line(0, 100_000, 1)]));
+    let err = outside.spawn().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SpawnError::NotInOwner {
+                kind: "uid",
+                id: 100_000
+            }
+        ),
+        "{err}"
+    );
+}
+
 /// cgroup v2 in a private mount namespace: this machine's controllers live in v1, so the
 /// unified hierarchy has none to give; placement and removal still work, and asking for a
 /// limit names the missing controller. On a v2 host the limit is written instead.

@@ -250,9 +250,16 @@ fn run_supervise(
             .map_err(LaunchError::from)?;
     }
     if sup.isolate_network || launcher.options.isolate_network {
-        match isolation::NetworkNamespace::new() {
+        let caller = &launcher.project.caller;
+        // An ordinary user may not join a network namespace of its own user namespace: the
+        // group's belongs to a user namespace made with it, which the children nest in.
+        let made = if caller.is_root() {
+            isolation::NetworkNamespace::new()
+        } else {
+            isolation::NetworkNamespace::with_user_namespace(crate::idmap::group_namespace(caller))
+        };
+        match made {
             Ok(ns) => launcher.shared_network = Some(ns),
-            // Joining a namespace made here takes root; a user's children get one each.
             Err(e) => tracing::warn!(
                 "{name}: children get a network namespace each, not a shared one: {e}"
             ),

@@ -209,6 +209,44 @@ pub fn user_namespace(
     })
 }
 
+/// The user namespace owning the shared network namespace of an ordinary user's
+/// `!Supervise` group: the caller's id as 0 and every subordinate id after it in file order,
+/// so each child's namespace (made of the same ids) can nest in it.
+pub fn group_namespace(caller: &Caller) -> UserNamespace {
+    let sub_uids = sub_ranges(Path::new("/etc/subuid"), &caller.user_name, caller.uid);
+    let sub_gids = sub_ranges(Path::new("/etc/subgid"), &caller.user_name, caller.gid);
+    let all = |own, subs: &[SubRange]| {
+        let mut map = vec![IdMap {
+            inside: 0,
+            outside: own,
+            count: 1,
+        }];
+        let mut next: u32 = 1;
+        for sub in subs.iter().filter(|s| s.count > 0) {
+            map.push(IdMap {
+                inside: next,
+                outside: sub.start,
+                count: sub.count,
+            });
+            next = next.saturating_add(sub.count);
+        }
+        map
+    };
+    if sub_uids.is_empty() || sub_gids.is_empty() {
+        // Like the children's namespaces then: the caller's own id only, written directly.
+        return UserNamespace {
+            uid_map: all(caller.uid, &[]),
+            gid_map: all(caller.gid, &[]),
+            writer: MapWriter::Direct,
+        };
+    }
+    UserNamespace {
+        uid_map: all(caller.uid, &sub_uids),
+        gid_map: all(caller.gid, &sub_gids),
+        writer: MapWriter::Helpers,
+    }
+}
+
 /// Maps `user_id` of the container to `external`, an id of the build namespace (the one
 /// `uid_map` maps into): the lines covering either are split around them, so inside the
 /// container `external`'s own id is left unmapped.

@@ -603,17 +603,20 @@ impl TestUser {
         }
     }
 
-    fn run(&self, dir: &Path, bin: &Path, args: &[&str]) -> Output {
-        std::process::Command::new("runuser")
-            .args(["-u", self.name, "--"])
+    fn command(&self, dir: &Path, bin: &Path, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new("runuser");
+        cmd.args(["-u", self.name, "--"])
             .arg(bin)
             .args(args)
             .current_dir(dir)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-            .env("HOME", dir)
-            .output()
-            .unwrap()
+            .env("HOME", dir);
+        cmd
+    }
+
+    fn run(&self, dir: &Path, bin: &Path, args: &[&str]) -> Output {
+        self.command(dir, bin, args).output().unwrap()
     }
 }
 
@@ -653,6 +656,7 @@ fn binary_for_users() -> (tempfile::TempDir, PathBuf) {
 #[test]
 fn s12_unprivileged_user_with_subordinate_ids() {
     needs_root!();
+    use std::io::BufRead;
     if !Path::new("/usr/bin/newuidmap").exists()
         || std::process::Command::new("runuser")
             .arg("--help")
@@ -675,6 +679,7 @@ fn s12_unprivileged_user_with_subordinate_ids() {
     - !Tar {url: ./busybox.tar.gz}
     - !Sh \"mkdir /d && chown 1:1 /d\"
     - !RunAs {user-id: 1, group-id: 1, script: \"touch /d/f\"}
+    - !Text {/www/x: \"hello\\n\"}
 commands:
   c: !Command {container: c, user-id: 1, run: id -u}
   ext: !Command
@@ -685,7 +690,17 @@ commands:
     run: cat /proc/self/uid_map; stat -c %u /d/f
   group: !Supervise
     isolate-network: true
-    children: {only: !Command {container: c, run: ip -o link}}
+    children:
+      server: !Command {container: c, run: 'echo listening; exec httpd -f -p 127.0.0.1:17778 -h /www'}
+      client: !Command
+        container: c
+        run: |
+          for i in $(seq 100); do
+            # Keeps the server up a while for the host to try its port.
+            wget -q -O - http://127.0.0.1:17778/x && sleep 2 && exit 0
+            sleep 0.1
+          done
+          exit 1
 ",
     );
     // The binary and the project must be reachable by the user.
@@ -731,12 +746,29 @@ commands:
         .collect();
     assert!(lines.contains(&vec!["2", "200004", "1"]), "{out}");
     assert_eq!(lines.last().unwrap(), &vec!["1"], "{out}");
-    // A user cannot join a shared network namespace: the child gets one of its own.
-    let run = user.run(p.path(), &bin, &["group"]);
-    assert_exit(&run, 0, "children get a network namespace each");
+    // The group shares one network namespace: the client reaches the server's loopback
+    // port, which the host does not see.
+    let mut group = user
+        .command(p.path(), &bin, &["group"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(group.stdout.take().unwrap()).lines();
+    let mut next_line = || lines.next().and_then(Result::ok).unwrap_or_default();
+    let (first, second) = (next_line(), next_line());
+    let host = std::net::TcpStream::connect(("127.0.0.1", 17778));
+    let run = group.wait_with_output().unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&run.stdout).lines().count(),
-        1,
+        (first.as_str(), second.as_str()),
+        ("listening", "hello"),
+        "{}",
+        text(&run)
+    );
+    assert!(host.is_err(), "the host reached the group's port");
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    assert!(
+        !String::from_utf8_lossy(&run.stderr).contains("network namespace each"),
         "{}",
         text(&run)
     );
