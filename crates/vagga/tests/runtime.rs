@@ -66,28 +66,16 @@ fn snapshot_and_tmpfs_files_are_seeded_size_limited_tmpfs() {
 fn supervise_children_share_one_isolated_network() {
     needs_root!();
     use std::io::BufRead;
-    let p = Project::new(
+    let p = Project::new(&format!(
         "containers:
   bb:
     setup:
-    - !Tar {url: ./busybox.tar.gz}
-    - !Text {/www/x: \"hello\\n\"}
+    - !Tar {{url: ./busybox.tar.gz}}
+    - !Text {{/www/x: \"hello\\n\"}}
 commands:
-  pair: !Supervise
-    isolate-network: true
-    children:
-      server: !Command {container: bb, run: 'echo listening; exec httpd -f -p 127.0.0.1:17777 -h /www'}
-      client: !Command
-        container: bb
-        run: |
-          for i in $(seq 100); do
-            # Keeps the server up a while for the host to try its port.
-            wget -q -O - http://127.0.0.1:17777/x && sleep 2 && exit 0
-            sleep 0.1
-          done
-          exit 1
-",
-    );
+{}",
+        shared_network_group("pair", "bb", 17777)
+    ));
     p.ok(&["_build", "bb"]);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vagga"))
         .arg("pair")

@@ -672,7 +672,7 @@ fn s12_unprivileged_user_with_subordinate_ids() {
         .unwrap()
         .uid
         .as_raw();
-    let p = Project::new(
+    let yaml = String::from(
         "containers:
   c:
     setup:
@@ -688,21 +688,9 @@ commands:
     external-user-id: 5
     volumes: {/d: !Snapshot }
     run: cat /proc/self/uid_map; stat -c %u /d/f
-  group: !Supervise
-    isolate-network: true
-    children:
-      server: !Command {container: c, run: 'echo listening; exec httpd -f -p 127.0.0.1:17778 -h /www'}
-      client: !Command
-        container: c
-        run: |
-          for i in $(seq 100); do
-            # Keeps the server up a while for the host to try its port.
-            wget -q -O - http://127.0.0.1:17778/x && sleep 2 && exit 0
-            sleep 0.1
-          done
-          exit 1
 ",
-    );
+    ) + &shared_network_group("group", "c", 17778);
+    let p = Project::new(&yaml);
     // The binary and the project must be reachable by the user.
     let (_bin_dir, bin) = binary_for_users();
     fs::set_permissions(p.path(), fs::Permissions::from_mode(0o755)).unwrap();

@@ -158,3 +158,24 @@ pub fn link_format(link: &str, name: &str) -> bool {
     let re = regex::Regex::new(&format!(r"^\.roots/{name}\.[0-9a-f]{{8}}/root$")).unwrap();
     re.is_match(link)
 }
+
+/// A `!Supervise` command `name` with `isolate-network`: a server child answering `hello` on
+/// `127.0.0.1:PORT/x` (the container needs `/www/x`), and a client child that fetches it and
+/// keeps the group up two seconds more, for the host to try the port.
+pub fn shared_network_group(name: &str, container: &str, port: u16) -> String {
+    format!(
+        "  {name}: !Supervise
+    isolate-network: true
+    children:
+      server: !Command {{container: {container}, run: 'echo listening; exec httpd -f -p 127.0.0.1:{port} -h /www'}}
+      client: !Command
+        container: {container}
+        run: |
+          for i in $(seq 100); do
+            wget -q -O - http://127.0.0.1:{port}/x && sleep 2 && exit 0
+            sleep 0.1
+          done
+          exit 1
+"
+    )
+}
