@@ -159,6 +159,8 @@ pub struct Election {
     started: Instant,
     deadline: Instant,
     last_leader_ping: Option<Instant>,
+    /// Follower: the followers and epoch its leader's last Ping advertised.
+    leader_claim: (usize, u64),
     leader_since: Instant,
     /// Leader: when each peer last answered a Ping of this epoch.
     pongs: BTreeMap<MachineId, Instant>,
@@ -195,6 +197,7 @@ impl Election {
             started: now,
             deadline: now,
             last_leader_ping: None,
+            leader_claim: (0, 0),
             leader_since: now,
             pongs: BTreeMap::new(),
             pre_votes: (0, BTreeSet::new()),
@@ -377,15 +380,26 @@ impl Election {
         self.deadline = now + self.timing.heartbeat;
     }
 
-    fn follow(&mut self, now: Instant, leader: MachineId, epoch: u64) {
-        if self.epoch != epoch {
-            self.epoch = epoch;
-        }
+    /// Follows `leader`, whose Ping advertised `followers` and `epoch`; the own epoch never
+    /// goes back.
+    fn follow(&mut self, now: Instant, leader: MachineId, epoch: u64, followers: usize) {
+        self.epoch = self.epoch.max(epoch);
         self.state = State::Follower { leader };
         self.leader = Some(leader);
+        self.leader_claim = (followers, epoch);
         self.pongs.clear();
         self.last_leader_ping = Some(now);
         self.deadline = self.random_timeout(now);
+    }
+
+    /// The leader this node follows, if it pinged within `leader_quiet`.
+    fn live_leader(&self, now: Instant) -> Option<MachineId> {
+        let State::Follower { leader } = self.state else {
+            return None;
+        };
+        self.last_leader_ping
+            .is_some_and(|at| now.duration_since(at) < self.timing.leader_quiet)
+            .then_some(leader)
     }
 
     /// A packet from a peer cantal lists (the caller drops the others).
@@ -402,10 +416,10 @@ impl Election {
                 if id == self.id {
                     return step;
                 }
+                let followers = followers as usize;
+                let theirs = rank(followers, epoch, id);
                 if self.is_leader() {
-                    let ours = (self.followers(now), self.epoch, std::cmp::Reverse(self.id));
-                    let theirs = (followers as usize, epoch, std::cmp::Reverse(id));
-                    if ours > theirs {
+                    if rank(self.followers(now), self.epoch, self.id) > theirs {
                         self.epoch = self.epoch.max(epoch) + 1;
                         step.events.push(Event::WonAgainst {
                             loser: id,
@@ -415,24 +429,47 @@ impl Election {
                         self.deadline = now + self.timing.heartbeat;
                         return step;
                     }
-                    self.follow(now, id, self.epoch.max(epoch));
+                    self.follow(now, id, epoch, followers);
                     step.events.push(Event::SteppedDown);
-                } else if epoch >= self.epoch {
-                    self.follow(now, id, epoch);
+                } else if let Some(leader) = self.live_leader(now)
+                    && leader != id
+                {
+                    // Rule 6 from a follower's side: stay with a live leader unless the other
+                    // would win against it, whatever the epochs (a minority that elected later
+                    // has the higher one).
+                    let (leader_followers, leader_epoch) = self.leader_claim;
+                    if theirs > rank(leader_followers, leader_epoch, leader) {
+                        self.follow(now, id, epoch, followers);
+                    }
+                } else if epoch >= self.epoch || self.leader == Some(id) {
+                    self.follow(now, id, epoch, followers);
                 } else {
                     step.send.push((Target::One(id), self.pong(local)));
                     return step;
                 }
                 step.send.push((Target::One(id), self.pong(local)));
             }
-            Message::Pong { id, epoch, .. } => {
-                if self.is_leader() {
-                    if epoch == self.epoch {
-                        self.pongs.insert(id, now);
-                    } else if epoch > self.epoch {
-                        self.epoch = epoch;
+            Message::Pong {
+                id, epoch, leader, ..
+            } => {
+                // A node following another leader neither counts nor deposes this one: rule 6
+                // settles two leaders when their Pings meet, check-quorum one without quorum.
+                if !self.is_leader() || leader.is_some_and(|leader| leader != self.id) {
+                    return step;
+                }
+                if epoch > self.epoch {
+                    self.epoch = epoch;
+                    if leader.is_none() {
                         self.step_down(now, &mut step);
+                        return step;
                     }
+                    // An own follower that came from a newer epoch: catch up, so that no
+                    // epoch goes back, and tell the others at once.
+                    step.send.push((Target::All, self.ping(now, local)));
+                    self.deadline = now + self.timing.heartbeat;
+                }
+                if epoch == self.epoch {
+                    self.pongs.insert(id, now);
                 }
             }
             Message::PreVote { id, epoch, .. } => {
@@ -527,6 +564,12 @@ impl Election {
             errors: local.errors,
             failed_roles: local.failed_roles.clone(),
             actions: Some(local.actions.clone()),
+            leader: self.leader,
         }
     }
+}
+
+/// Rule 6's order of two leaders: more followers, then the higher epoch, then the lower id.
+fn rank(followers: usize, epoch: u64, id: MachineId) -> (usize, u64, std::cmp::Reverse<MachineId>) {
+    (followers, epoch, std::cmp::Reverse(id))
 }

@@ -45,6 +45,10 @@ pub enum Message {
         /// action is replicated).
         #[serde(default)]
         actions: Option<ActionDigest>,
+        /// The leader the sender follows, if any (extension: a leader must not step down for
+        /// the epoch of a node that follows another leader, nor count it as a follower).
+        #[serde(default, with = "optional_id")]
+        leader: Option<MachineId>,
     },
     /// Candidate → all: would you vote for me in `epoch`?
     PreVote {
@@ -69,6 +73,30 @@ pub enum Message {
         target: MachineId,
         schedule: Option<Stamp>,
     },
+}
+
+/// Serde for an optional machine id as 32 hex digits, absent in packets of older peers.
+pub(crate) mod optional_id {
+    use protocol::domain::MachineId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        id: &Option<MachineId>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match id {
+            Some(id) => serializer.collect_str(id),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<MachineId>, D::Error> {
+        Option::<String>::deserialize(deserializer)?
+            .map(|text| text.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 impl Message {
@@ -163,6 +191,7 @@ mod tests {
                 errors: 1,
                 failed_roles: vec!["web".into()],
                 actions: Some(ActionDigest::default()),
+                leader: Some(id(1)),
             },
             Message::PreVote {
                 id: id(3),
@@ -190,6 +219,36 @@ mod tests {
     }
 
     #[test]
+    fn a_pong_without_a_leader_from_an_older_peer_decodes() {
+        let pong = Message::Pong {
+            id: id(2),
+            epoch: 3,
+            schedule: None,
+            errors: 0,
+            failed_roles: Vec::new(),
+            actions: None,
+            leader: Some(id(1)),
+        };
+        let bytes = encode(&pong);
+        let mut map: ciborium::Value = ciborium::from_reader(&bytes[1..]).unwrap();
+        let ciborium::Value::Map(entries) = &mut map else {
+            panic!("a packet is a map")
+        };
+        entries.retain(|(key, _)| key.as_text() != Some("leader"));
+        let mut old = vec![VERSION];
+        ciborium::into_writer(&map, &mut old).unwrap();
+        assert!(old.len() < bytes.len());
+        assert!(matches!(
+            decode(&old).unwrap(),
+            Message::Pong {
+                leader: None,
+                epoch: 3,
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn oversized_pongs_are_trimmed_and_garbage_is_refused() {
         let pong = Message::Pong {
             id: id(2),
@@ -198,6 +257,7 @@ mod tests {
             errors: 0,
             failed_roles: (0..200).map(|i| format!("role-number-{i}")).collect(),
             actions: None,
+            leader: Some(id(1)),
         };
         let bytes = encode(&pong);
         assert!(bytes.len() <= MAX_PACKET);

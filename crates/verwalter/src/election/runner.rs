@@ -23,22 +23,12 @@ use crate::schedule::Stamp;
 pub struct Status {
     pub state: State,
     pub epoch: u64,
-    #[serde(serialize_with = "serialize_optional_id")]
+    #[serde(serialize_with = "packet::optional_id::serialize")]
     pub leader: Option<MachineId>,
     pub needed: usize,
     pub followers: usize,
     /// When the current leader was established (ms since the epoch).
     pub last_stable_timestamp: Option<u64>,
-}
-
-fn serialize_optional_id<S: serde::Serializer>(
-    id: &Option<MachineId>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match id {
-        Some(id) => serializer.collect_str(id),
-        None => serializer.serialize_none(),
-    }
 }
 
 impl Status {

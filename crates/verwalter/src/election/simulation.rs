@@ -30,6 +30,8 @@ struct Cluster {
     /// Views were shrunk below a majority (minority grace over): separate quorums may each
     /// elect, so one-leader-per-epoch does not hold until they heal.
     split_quorums: std::cell::Cell<bool>,
+    /// Each node's epoch at the last check: an epoch never goes backwards.
+    epochs: std::cell::RefCell<Vec<u64>>,
 }
 
 fn id(i: usize) -> MachineId {
@@ -112,6 +114,7 @@ impl Cluster {
             network,
             nodes,
             split_quorums: std::cell::Cell::new(false),
+            epochs: std::cell::RefCell::new(vec![0; size]),
         }
     }
 
@@ -125,8 +128,17 @@ impl Cluster {
             .collect()
     }
 
-    /// Two leaders in one epoch would be a safety bug, whatever the network does.
+    /// Two leaders in one epoch, or an epoch going backwards, would be a safety bug, whatever
+    /// the network does.
     fn check_safety(&self) {
+        for (i, last) in self.epochs.borrow_mut().iter_mut().enumerate() {
+            let epoch = self.status(i).epoch;
+            assert!(
+                epoch >= *last,
+                "node {i}: epoch went back from {last} to {epoch}"
+            );
+            *last = epoch;
+        }
         if self.split_quorums.get() {
             return;
         }
@@ -165,15 +177,25 @@ impl Cluster {
 
     /// Exactly one leader among the live nodes, and every live node follows it.
     fn settled(&self) -> Option<usize> {
-        let leaders = self.leaders();
+        let alive: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].alive)
+            .collect();
+        self.settled_among(&alive)
+    }
+
+    /// Exactly one leader in `group`, and the rest of `group` follows it.
+    fn settled_among(&self, group: &[usize]) -> Option<usize> {
+        let leaders: Vec<usize> = self
+            .leaders()
+            .into_iter()
+            .filter(|l| group.contains(l))
+            .collect();
         let [leader] = leaders[..] else { return None };
         let epoch = self.status(leader).epoch;
-        let all_follow = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].alive && i != leader)
-            .all(|i| {
-                let status = self.status(i);
-                status.state == State::Follower { leader: id(leader) } && status.epoch == epoch
-            });
+        let all_follow = group.iter().filter(|&&i| i != leader).all(|&i| {
+            let status = self.status(i);
+            status.state == State::Follower { leader: id(leader) } && status.epoch == epoch
+        });
         all_follow.then_some(leader)
     }
 
@@ -205,6 +227,10 @@ impl Cluster {
                 .count();
             view.needed = counted / 2 + 1;
         });
+    }
+
+    fn addrs(&self, group: &[usize]) -> Vec<SocketAddr> {
+        group.iter().map(|&i| self.nodes[i].addr).collect()
     }
 
     fn drain_reports(&mut self, i: usize) -> Vec<Report> {
@@ -342,6 +368,141 @@ async fn partition_keeps_both_sides_leading_and_heal_leaves_the_majority_leader(
         cluster.split_quorums.set(false);
         cluster.run_for(5 * SECOND).await;
         assert_eq!(cluster.settled(), Some(winner));
+    }
+}
+
+/// A five-node split as in V4, with the minority ahead: the old leader and one follower are
+/// cut off; the majority elects; after cantal's dead mark and the grace the minority elects
+/// too, and re-elects until its epoch is higher than the majority's (the order in which real
+/// clusters got there). Returns the cluster, the majority's leader, the minority's leader and
+/// the minority's follower.
+async fn three_two_split_with_the_minority_ahead(seed: u64) -> (Cluster, usize, usize, usize) {
+    let cluster = Cluster::start(5, seed);
+    cluster
+        .wait_for(5 * SECOND, |c| c.settled().is_some())
+        .await
+        .unwrap_or_else(|| panic!("seed {seed}: no first leader"));
+    let old = cluster.settled().unwrap();
+    let cut = [old, (0..5).find(|&i| i != old).unwrap()];
+    let majority: Vec<usize> = (0..5).filter(|i| !cut.contains(i)).collect();
+    let (cut_addrs, majority_addrs) = (cluster.addrs(&cut), cluster.addrs(&majority));
+    cluster.network.partition(&[&cut_addrs, &majority_addrs]);
+    cluster
+        .wait_for(5 * SECOND, |c| c.settled_among(&majority).is_some())
+        .await
+        .unwrap_or_else(|| panic!("seed {seed}: the majority did not elect"));
+    let winner = cluster.settled_among(&majority).unwrap();
+
+    for &i in &cut {
+        cluster.cantal_marks(i, &majority, false);
+    }
+    for &i in &majority {
+        cluster.cantal_marks(i, &cut, false);
+    }
+    for _ in 0..5 {
+        cluster
+            .wait_for(5 * SECOND, |c| c.settled_among(&cut).is_some())
+            .await
+            .unwrap_or_else(|| panic!("seed {seed}: the minority did not elect"));
+        let leader = cluster.settled_among(&cut).unwrap();
+        if cluster.status(leader).epoch > cluster.status(winner).epoch {
+            assert_eq!(cluster.settled_among(&majority), Some(winner));
+            let follower = cut[usize::from(cut[0] == leader)];
+            return (cluster, winner, leader, follower);
+        }
+        // Cut the two apart until the leader loses check-quorum, then let them elect again.
+        let (a, b) = (cluster.addrs(&cut[..1]), cluster.addrs(&cut[1..]));
+        cluster.network.partition(&[&a, &b, &majority_addrs]);
+        cluster
+            .wait_for(3 * SECOND, |c| {
+                cut.iter().all(|&i| !c.leaders().contains(&i))
+            })
+            .await
+            .unwrap_or_else(|| panic!("seed {seed}: the minority leader kept leading alone"));
+        cluster.network.partition(&[&cut_addrs, &majority_addrs]);
+    }
+    panic!("seed {seed}: the minority never got ahead of the majority's epoch");
+}
+
+/// Waits until `winner` leads every live node, failing if it ever stops leading meanwhile.
+async fn settles_on_without_stepping_down(cluster: &Cluster, winner: usize, seed: u64) {
+    let healed = cluster
+        .wait_for(3 * SECOND, |c| {
+            assert_eq!(
+                c.status(winner).state,
+                State::Leader,
+                "seed {seed}: the majority's leader stepped down"
+            );
+            c.settled().is_some()
+        })
+        .await;
+    assert!(healed.is_some(), "seed {seed}: no single leader after heal");
+    assert_eq!(
+        cluster.settled(),
+        Some(winner),
+        "seed {seed}: the majority's leader stays"
+    );
+}
+
+/// V5: links up at once; the majority's leader (more followers) stays, though the minority's
+/// leader has the higher epoch.
+#[tokio::test(start_paused = true)]
+async fn heal_keeps_the_majority_leader_when_the_minority_is_at_a_higher_epoch() {
+    for seed in 0..40 {
+        let (cluster, winner, _, _) = three_two_split_with_the_minority_ahead(seed).await;
+        cluster.network.heal();
+        for i in 0..5 {
+            cluster.cantal_marks(i, &[], false);
+        }
+        settles_on_without_stepping_down(&cluster, winner, seed).await;
+        cluster.split_quorums.set(false);
+        cluster.run_for(5 * SECOND).await;
+        assert_eq!(cluster.settled(), Some(winner), "seed {seed}");
+    }
+}
+
+/// The minority's follower comes back first (with the higher epoch) and joins the majority's
+/// leader without deposing it; then the minority's leader comes back and follows too.
+#[tokio::test(start_paused = true)]
+async fn a_follower_from_a_higher_epoch_joins_the_majority_leader_without_deposing_it() {
+    for seed in 0..40 {
+        let (cluster, winner, loser, follower) =
+            three_two_split_with_the_minority_ahead(seed).await;
+        let others: Vec<usize> = (0..5).filter(|&i| i != loser).collect();
+        cluster.network.partition(&[&cluster.addrs(&[loser])]);
+        for &i in &others {
+            cluster.cantal_marks(i, &[loser], false);
+        }
+        cluster.cantal_marks(loser, &others, false);
+        let joined = cluster
+            .wait_for(3 * SECOND, |c| {
+                assert_eq!(
+                    c.status(winner).state,
+                    State::Leader,
+                    "seed {seed}: the majority's leader stepped down"
+                );
+                c.settled_among(&others).is_some()
+            })
+            .await;
+        assert!(joined.is_some(), "seed {seed}: the follower did not join");
+        assert_eq!(cluster.settled_among(&others), Some(winner), "seed {seed}");
+        assert!(
+            cluster.status(winner).epoch >= cluster.status(follower).epoch,
+            "seed {seed}: the leader caught up with its follower's epoch"
+        );
+        let mut both = [winner, loser];
+        both.sort_unstable();
+        assert_eq!(
+            cluster.leaders(),
+            both,
+            "seed {seed}: the cut-off leader leads alone"
+        );
+
+        cluster.network.heal();
+        for i in 0..5 {
+            cluster.cantal_marks(i, &[], false);
+        }
+        settles_on_without_stepping_down(&cluster, winner, seed).await;
     }
 }
 
