@@ -113,6 +113,13 @@ impl Collection {
     }
 }
 
+/// This process's uid, from the owner of `/proc/self`: std only, so that applications linking
+/// libcantal pull in no system-call crate for a fallback file name.
+fn owner_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map_or(0, |meta| meta.uid())
+}
+
 /// Publishes `collection` at `$CANTAL_PATH`, or at [`fallback_path`] with a warning when the
 /// variable is unset (the agent does not find files there, `cantal dump` does).
 pub fn start(collection: &Collection) -> Result<ActiveCollection, Error> {
@@ -123,7 +130,7 @@ pub fn start(collection: &Collection) -> Result<ActiveCollection, Error> {
             let path = fallback_path(
                 xdg.as_deref(),
                 &std::env::temp_dir(),
-                nix::unistd::getuid().as_raw(),
+                owner_uid(),
                 std::process::id(),
             );
             tracing::warn!(path = %path.display(), "CANTAL_PATH is not set; cantal-agent will not find these metrics");

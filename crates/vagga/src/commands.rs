@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use isolation::{Child, Signal};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::config::{ChildCommand, Command, CommandDef, Run, Supervise, SuperviseMode};
 use crate::launch::{Cleanup, Invocation, LaunchError, Launcher, exit_code};
@@ -331,13 +330,8 @@ fn supervise_children(
 
 /// Waits until at least one child ends; returns those that did with their codes.
 fn wait_any(running: &mut Vec<(String, Child, Cleanup)>) -> Vec<(String, i32, Cleanup)> {
-    {
-        let mut fds: Vec<PollFd<'_>> = running
-            .iter()
-            .map(|(_, c, _)| PollFd::new(c.pidfd(), PollFlags::POLLIN))
-            .collect();
-        let _ = poll(&mut fds, PollTimeout::from(1000u16));
-    }
+    let pidfds: Vec<_> = running.iter().map(|(_, c, _)| c.pidfd()).collect();
+    let _ = isolation::poll::ready(&pidfds, Some(Duration::from_secs(1)));
     let mut done = Vec::new();
     let mut i = 0;
     while i < running.len() {

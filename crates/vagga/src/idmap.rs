@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
+use isolation::user;
 use isolation::{IdMap, MapWriter, UserNamespace};
-use nix::unistd::{Gid, Group, Uid, User};
 
 use crate::config::IdRanges;
 use crate::de::Located;
@@ -21,21 +21,19 @@ pub struct Caller {
 
 impl Caller {
     pub fn current() -> Caller {
-        let uid = Uid::current();
-        let gid = Gid::current();
-        let user_name = User::from_uid(uid)
+        let uid = user::real_uid();
+        let gid = user::real_gid();
+        let user_name = user::user_name(uid)
             .ok()
             .flatten()
-            .map(|u| u.name)
             .unwrap_or_else(|| uid.to_string());
-        let group_name = Group::from_gid(gid)
+        let group_name = user::group_name(gid)
             .ok()
             .flatten()
-            .map(|g| g.name)
             .unwrap_or_else(|| gid.to_string());
         Caller {
-            uid: uid.as_raw(),
-            gid: gid.as_raw(),
+            uid,
+            gid,
             user_name,
             group_name,
         }

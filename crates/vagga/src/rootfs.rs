@@ -10,8 +10,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nix::sys::stat::{UtimensatFlags, utimensat};
-use nix::sys::time::TimeSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::filter::{self, Filter, FilterError};
@@ -31,6 +29,8 @@ pub enum RootfsError {
     BadEntry(String),
     #[error(transparent)]
     Filter(#[from] FilterError),
+    #[error(transparent)]
+    Times(#[from] isolation::fs::FsError),
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RootfsError + 'a {
@@ -130,7 +130,7 @@ pub fn remove_host_path(host: &Path) -> Result<(), RootfsError> {
             make_writable(host);
             match fs::remove_dir_all(host) {
                 // A mount point (the helper's writable storage) is left empty.
-                Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::ResourceBusy => Ok(()),
                 other => other.map_err(io_err("remove", host)),
             }
         }
@@ -373,21 +373,11 @@ pub fn extract_tar(
     Ok(())
 }
 
+/// Sets both times of `path` itself (not a symlink's target), times before the epoch
+/// clamped to it.
 fn set_times(path: &Path, time: SystemTime) -> Result<(), RootfsError> {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let ts = TimeSpec::from_duration(since);
-    utimensat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        &ts,
-        &ts,
-        UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(|e| RootfsError::Io {
-        action: "set times of",
-        path: path.to_owned(),
-        source: io::Error::from(e),
-    })
+    let time = time.max(UNIX_EPOCH);
+    Ok(isolation::fs::set_times(path, time, time)?)
 }
 
 /// How `!Copy` treats owners, modes and times.
@@ -659,7 +649,7 @@ mod tests {
     #[test]
     fn writing_through_an_absolute_symlink_stays_in_the_image() {
         // write_text gives the file to 0:0, which only root may do.
-        if !nix::unistd::geteuid().is_root() {
+        if isolation::user::effective_uid() != 0 {
             eprintln!("skipped: needs root");
             return;
         }

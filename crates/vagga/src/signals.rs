@@ -4,8 +4,7 @@
 
 use std::thread::JoinHandle;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use isolation::Signal;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::{Handle, Signals};
 
@@ -39,7 +38,7 @@ impl Forwarder {
                     continue;
                 };
                 for pid in &pids {
-                    let _ = kill(Pid::from_raw(*pid), signal);
+                    let _ = isolation::signal::send(*pid, signal);
                 }
             }
         });

@@ -192,11 +192,7 @@ fn sigterm_to_vagga_ends_the_command_with_143() {
     // vagga installs its forwarding right after the start; give a loaded machine time.
     std::thread::sleep(Duration::from_millis(300));
     // What a CI runner does when a job is cancelled.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    isolation::signal::send(child.id() as i32, isolation::Signal::SIGTERM).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -569,7 +569,7 @@ fn lock_system_files(exclusive: bool) -> fs::File {
 
 impl TestUser {
     fn create(name: &'static str, first: u32) -> TestUser {
-        if nix::unistd::User::from_name(name).ok().flatten().is_none() {
+        if isolation::user::user_id(name).ok().flatten().is_none() {
             let status = std::process::Command::new("useradd")
                 .args(["-M", "-s", "/bin/sh", name])
                 .status()
@@ -667,11 +667,7 @@ fn s12_unprivileged_user_with_subordinate_ids() {
         return;
     }
     let user = TestUser::create("vaggatest", 200000);
-    let uid = nix::unistd::User::from_name(user.name)
-        .unwrap()
-        .unwrap()
-        .uid
-        .as_raw();
+    let uid = isolation::user::user_id(user.name).unwrap().unwrap();
     let yaml = String::from(
         "containers:
   c:
@@ -1119,10 +1115,7 @@ fn unprivileged_debian_from_warm_cache(warm_cache: &Path) {
     }
     const FIRST_SUBORDINATE: u32 = 300000;
     let user = TestUser::create("vaggadeb", FIRST_SUBORDINATE);
-    let uid = nix::unistd::User::from_name(user.name)
-        .unwrap()
-        .unwrap()
-        .uid;
+    let uid = isolation::user::user_id(user.name).unwrap().unwrap();
     let p = Project::bare("containers:\n  deb:\n    setup:\n    - !Debian bookworm\n");
     let cache = p.path().join(".vagga/.cache/apt-cache");
     fs::create_dir_all(&cache).unwrap();
@@ -1138,12 +1131,7 @@ fn unprivileged_debian_from_warm_cache(warm_cache: &Path) {
         .into_iter()
         .chain(cache.ancestors().take(3).map(Path::to_owned))
     {
-        nix::unistd::chown(
-            &dir,
-            Some(uid),
-            Some(nix::unistd::Gid::from_raw(uid.as_raw())),
-        )
-        .unwrap();
+        std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
     }
     let (_bin_dir, bin) = binary_for_users();
     let warm = cached_debs(&cache);
@@ -1176,7 +1164,7 @@ fn unprivileged_debian_from_warm_cache(warm_cache: &Path) {
     let root = p.path().join(".vagga/deb");
     assert_eq!(
         fs::metadata(root.join("etc/debian_version")).unwrap().uid(),
-        uid.as_raw()
+        uid
     );
     assert_eq!(
         fs::metadata(root.join("var/mail")).unwrap().gid(),

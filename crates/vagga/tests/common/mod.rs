@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+    isolation::user::effective_uid() == 0
 }
 
 macro_rules! needs_root {
