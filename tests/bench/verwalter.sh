@@ -19,7 +19,12 @@
 # Usage (as root): bash tests/bench/verwalter.sh
 # Output: tests/bench/out/verwalter/ (raw samples, hyperfine JSON, logs) and
 #         tests/bench/out/verwalter/report.md (machine, commands, tables), also printed.
-# Environment: O1_TRIALS (20), O2_CHANGES (100), O3_RUNS (50).
+# Environment: O1_TRIALS (20), O2_CHANGES (100), O3_RUNS (50); 0 skips that benchmark.
+#   O2_ROUNDS (1): O2 rounds; each runs every build of O2_BUILDS, then etcd, so builds are
+#                  compared with etcd under the same load.
+#   O2_BUILDS (target/release): space-separated dirs holding `verwalter` and
+#                  `verwalter_render`, for an A/B (e.g. "/tmp/vw-old target/release"); before
+#                  each build's O2 the three daemons are restarted with it. O1 runs the first.
 #
 # Not part of CI: it needs root, installs packages and takes about 5 minutes.
 set -euo pipefail
@@ -35,6 +40,9 @@ o2_changes=${O2_CHANGES:-100}
 o3_runs=${O3_RUNS:-50}
 packages=(etcd-server etcd-client hyperfine python3 iproute2 util-linux)
 release="$repo/target/release"
+read -r -a builds <<<"${O2_BUILDS:-$release}"
+o2_rounds=${O2_ROUNDS:-1}
+vw_bin=${builds[0]}
 prefix="vbm$$"
 subnet=10.81.0
 hosts=(1 2 3)
@@ -138,7 +146,7 @@ start_cantal() {
 
 start_verwalter() {
     local h=$1 dir="$out/n$1"
-    ip netns exec "$prefix$h" "$release/verwalter" --config-dir "$dir/config" --storage-dir "$dir/storage" \
+    ip netns exec "$prefix$h" "$vw_bin/verwalter" --config-dir "$dir/config" --storage-dir "$dir/storage" \
         --log-dir "$dir/log" --socket "$dir/run/control.sock" --api-token-file "$dir/token" \
         --host "$subnet.$h" --port 8379 --hostname "n$h" \
         --override-machine-id "$(printf '%032x' "$h")" --cantal-socket "$dir/cantal.sock" \
@@ -212,81 +220,119 @@ for h in "${hosts[@]}"; do
     pids[sink$h]=$!
 done
 sleep 1
-o2() { # system, file name in out/
-    local system=$1 file=$2 leader files=()
+o2() { # system, file name in out/, samples file
+    local system=$1 file=$2 samples=$3 leader files=()
     # shellcheck disable=SC2046
     leader=$(driver leader "$system" $(urls "$system" "${hosts[@]}"))
     for h in "${hosts[@]}"; do files+=("$out/n$h/out/$file"); done
-    echo "load ${system}: $(loadavg)" >>"$out/o2-load.txt"
+    echo "load ${samples##*/}: $(loadavg)" >>"$out/o2-load.txt"
     driver propagate "$system" "$o2_changes" "$(urls "$system" "${hosts[$leader]}" | tr -d ' ')" \
-        "${files[@]}" >"$out/o2-$system.jsonl"
+        "${files[@]}" >"$samples"
 }
-echo ">> O2: $o2_changes changes each" >&2
-o2 verwalter bench.conf
-o2 etcd etcd.conf
+# The samples of one build: o2-verwalter.rN.jsonl, or o2-verwalter-<dir name>.rN.jsonl in an A/B.
+o2_key() { [ "${#builds[@]}" = 1 ] && echo verwalter || echo "verwalter-$(basename "$1")"; }
+if [ "$o2_changes" -gt 0 ]; then
+    echo ">> O2: $o2_changes changes each, $o2_rounds rounds, builds ${builds[*]}" >&2
+    for round in $(seq 1 "$o2_rounds"); do
+        for build in "${builds[@]}"; do
+            if [ "$build" != "$vw_bin" ]; then
+                vw_bin=$build
+                for h in "${hosts[@]}"; do
+                    kill "${pids[vw$h]}"
+                    wait "${pids[vw$h]}" 2>/dev/null || true
+                done
+                for h in "${hosts[@]}"; do start_verwalter "$h"; done
+                # shellcheck disable=SC2046
+                driver leader verwalter $(urls verwalter "${hosts[@]}") >/dev/null
+                sleep 2
+            fi
+            o2 verwalter bench.conf "$out/o2-$(o2_key "$build").r$round.jsonl"
+        done
+        o2 etcd etcd.conf "$out/o2-etcd.r$round.jsonl"
+    done
+fi
 
 # ---- O3 -------------------------------------------------------------------------------
-echo ">> O3: run-scheduler, 1000 instances on 100 hosts" >&2
-python3 "$bench/gen-input.py" 100 20 50 >"$out/o3-input.json"
-o3_cmd="$release/verwalter run-scheduler --config-dir $bench/schedule-1k --input $out/o3-input.json --output $out/o3-schedule.json"
-$o3_cmd 2>"$out/o3-stderr.txt"
-o3_load=$(loadavg)
-hyperfine -N --warmup 5 --runs "$o3_runs" --export-json "$out/o3.json" "$o3_cmd" >&2
+o3_load=
+if [ "$o3_runs" -gt 0 ]; then
+    echo ">> O3: run-scheduler, 1000 instances on 100 hosts" >&2
+    python3 "$bench/gen-input.py" 100 20 50 >"$out/o3-input.json"
+    o3_cmd="$release/verwalter run-scheduler --config-dir $bench/schedule-1k --input $out/o3-input.json --output $out/o3-schedule.json"
+    $o3_cmd 2>"$out/o3-stderr.txt"
+    o3_load=$(loadavg)
+    hyperfine -N --warmup 5 --runs "$o3_runs" --export-json "$out/o3.json" "$o3_cmd" >&2
+fi
 
 # ---- report ---------------------------------------------------------------------------
 python3 - "$out" "$o3_load" >"$report" <<'EOF'
-import json, sys
+import glob, json, os, re, sys
 out, o3_load = sys.argv[1], sys.argv[2]
 
 def pct(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
-print("### O1 failover (ms from SIGKILL of the leader to the first accepted write)\n")
 o1 = {}
-for line in open(f"{out}/o1.txt"):
+for line in open(f"{out}/o1.txt") if os.path.exists(f"{out}/o1.txt") else []:
     system, trial, ms, killed, load = line.split()
     o1.setdefault(system, []).append(float(ms))
-print("| System | Trials | p50 | p99 | min | max |")
-print("|---|---|---|---|---|---|")
-for system, values in o1.items():
-    print(f"| {system} | {len(values)} | {pct(values, 50):.0f} | {pct(values, 99):.0f} "
-          f"| {min(values):.0f} | {max(values):.0f} |")
-if "verwalter" in o1 and "etcd" in o1:
-    print(f"\nRatio verwalter / etcd: p50 {pct(o1['verwalter'], 50) / pct(o1['etcd'], 50):.2f}, "
-          f"p99 {pct(o1['verwalter'], 99) / pct(o1['etcd'], 99):.2f}")
+if o1:
+    print("### O1 failover (ms from SIGKILL of the leader to the first accepted write)\n")
+    print("| System | Trials | p50 | p99 | min | max |")
+    print("|---|---|---|---|---|---|")
+    for system, values in o1.items():
+        print(f"| {system} | {len(values)} | {pct(values, 50):.0f} | {pct(values, 99):.0f} "
+              f"| {min(values):.0f} | {max(values):.0f} |")
+    if "verwalter" in o1 and "etcd" in o1:
+        print(f"\nRatio verwalter / etcd: p50 {pct(o1['verwalter'], 50) / pct(o1['etcd'], 50):.2f}, "
+              f"p99 {pct(o1['verwalter'], 99) / pct(o1['etcd'], 99):.2f}")
 
-print("\n### O2 propagate (ms from the write to every host's file showing it)\n")
-print("| System | Changes | p50 (all hosts) | p99 (all hosts) | max | p50 first host | p50 write answered |")
-print("|---|---|---|---|---|---|---|")
-o2 = {}
-for system in ("verwalter", "etcd"):
-    rows = [json.loads(line) for line in open(f"{out}/o2-{system}.jsonl")]
-    last = [max(r["nodes_ms"]) for r in rows]
+# o2-<key>.r<round>.jsonl: per key (verwalter, verwalter-<build>, etcd), per round, samples.
+runs = {}
+for path in sorted(glob.glob(f"{out}/o2-*.r*.jsonl")):
+    key, rnd = re.fullmatch(r"o2-(.+)\.r(\d+)\.jsonl", os.path.basename(path)).groups()
+    runs.setdefault(key, {})[int(rnd)] = [json.loads(line) for line in open(path)]
+last = {}  # key -> round -> ms until the last host's file showed each write
+if runs:
+    print("\n### O2 propagate (ms from the write to every host's file showing it)\n")
+    print("| System | Changes | p50 (all hosts) | p99 (all hosts) | max | p50 first host | p50 write answered |")
+    print("|---|---|---|---|---|---|---|")
+for key in sorted(runs, key=lambda k: (k == "etcd", k)):
+    rows = [row for rnd in sorted(runs[key]) for row in runs[key][rnd]]
+    last[key] = {rnd: [max(r["nodes_ms"]) for r in rnd_rows] for rnd, rnd_rows in runs[key].items()}
+    every = [max(r["nodes_ms"]) for r in rows]
     first = [min(r["nodes_ms"]) for r in rows]
     answered = [r["write"].get("ms", 0) for r in rows]
-    o2[system] = last
-    print(f"| {system} | {len(rows)} | {pct(last, 50):.1f} | {pct(last, 99):.1f} | {max(last):.1f} "
+    print(f"| {key} | {len(rows)} | {pct(every, 50):.1f} | {pct(every, 99):.1f} | {max(every):.1f} "
           f"| {pct(first, 50):.1f} | {pct(answered, 50):.1f} |")
-print(f"\nRatio verwalter / etcd: p50 {pct(o2['verwalter'], 50) / pct(o2['etcd'], 50):.2f}, "
-      f"p99 {pct(o2['verwalter'], 99) / pct(o2['etcd'], 99):.2f}")
+etcd = last.get("etcd", {})
+for key in (k for k in last if k != "etcd" and etcd):
+    every = [v for values in last[key].values() for v in values]
+    every_etcd = [v for values in etcd.values() for v in values]
+    per_round = ", ".join(
+        f"r{rnd} {pct(last[key][rnd], 50):.1f}/{pct(etcd[rnd], 50):.1f} = "
+        f"{pct(last[key][rnd], 50) / pct(etcd[rnd], 50):.2f}"
+        for rnd in sorted(last[key]) if rnd in etcd)
+    print(f"\nRatio {key} / etcd: p50 {pct(every, 50) / pct(every_etcd, 50):.2f}, "
+          f"p99 {pct(every, 99) / pct(every_etcd, 99):.2f}; p50 per round: {per_round}")
 
-print(f"\n### O3 schedule-1k (load {o3_load})\n")
-result = json.load(open(f"{out}/o3.json"))["results"][0]
-schedule = json.load(open(f"{out}/o3-schedule.json"))
-placed = schedule["vars"]["placed"]
-print("| Command | Runs | Mean (ms) | Median (ms) | Min (ms) | Max (ms) | Placements/s (median) |")
-print("|---|---|---|---|---|---|---|")
-print(f"| run-scheduler | {len(result['times'])} | {result['mean'] * 1000:.1f} | "
-      f"{result['median'] * 1000:.1f} | {result['min'] * 1000:.1f} | {result['max'] * 1000:.1f} "
-      f"| {placed / result['median']:.0f} |")
-print(f"\n{placed} placed; the scheduler's own report: {open(f'{out}/o3-stderr.txt').read().splitlines()[-1]}")
+if o3_load:
+    print(f"\n### O3 schedule-1k (load {o3_load})\n")
+    result = json.load(open(f"{out}/o3.json"))["results"][0]
+    schedule = json.load(open(f"{out}/o3-schedule.json"))
+    placed = schedule["vars"]["placed"]
+    print("| Command | Runs | Mean (ms) | Median (ms) | Min (ms) | Max (ms) | Placements/s (median) |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| run-scheduler | {len(result['times'])} | {result['mean'] * 1000:.1f} | "
+          f"{result['median'] * 1000:.1f} | {result['min'] * 1000:.1f} | {result['max'] * 1000:.1f} "
+          f"| {placed / result['median']:.0f} |")
+    print(f"\n{placed} placed; the scheduler's own report: {open(f'{out}/o3-stderr.txt').read().splitlines()[-1]}")
 EOF
 {
     echo
     echo "Machine: $(uname -r), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
     echo "Packages: $(dpkg-query -W -f='${Package} ${Version}, ' etcd-server etcd-client hyperfine)"
     echo "verwalter at $(cd "$repo" && git rev-parse --short HEAD) plus the working tree, $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "Load average during O2: $(tr '\n' ';' <"$out/o2-load.txt")"
+    [ ! -e "$out/o2-load.txt" ] || echo "Load average during O2: $(tr '\n' ';' <"$out/o2-load.txt")"
 } >>"$report"
 cat "$report"

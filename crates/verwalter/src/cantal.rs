@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -25,9 +26,12 @@ const STALE_AFTER: Duration = Duration::from_secs(3);
 const START_WAIT: Duration = Duration::from_secs(2);
 /// Deadline of a metrics query.
 const METRICS_DEADLINE: Duration = Duration::from_millis(500);
-/// How long a metrics answer is reused. cantal samples every 2 s, so a newer query would
-/// mostly return the same values, and a run triggered by an action need not wait for one.
+/// How long a metrics answer is used as it is. cantal samples every 2 s, so a newer query
+/// would mostly return the same values, and a run triggered by an action need not wait for one.
 pub const METRICS_REUSE: Duration = Duration::from_secs(1);
+/// How long an older answer is still used while a query for a newer one runs behind it, so
+/// the scheduler's path never waits for cantal then; an answer older than this is waited for.
+pub const METRICS_STALE: Duration = Duration::from_secs(10);
 
 /// How the quorum counts peers (`--strict-majority`, `--minority-grace`).
 #[derive(Debug, Clone, Copy)]
@@ -316,13 +320,18 @@ pub async fn query_metrics(socket: &Path, rules: &Value) -> (Value, Vec<String>)
     (Value::Object(metrics), response.warnings)
 }
 
-/// The last answer of [`query_metrics`], reused for `max_age` for the same rules (errors
-/// included, so `metrics_errors` always describes the `metrics` it comes with).
+/// The last answer of [`query_metrics`] for the same rules (errors included, so
+/// `metrics_errors` always describes the `metrics` it comes with): used as it is for
+/// `max_age`, then until `stale_limit` while one query in the background replaces it.
 #[derive(Debug)]
 pub struct MetricsCache {
     max_age: Duration,
-    /// Held during a query, so concurrent callers share one query rather than start another.
-    last: tokio::sync::Mutex<Option<MetricsAnswer>>,
+    stale_limit: Duration,
+    /// Held during a query asked in line, so concurrent callers share one query rather
+    /// than start another.
+    last: Arc<tokio::sync::Mutex<Option<MetricsAnswer>>>,
+    /// A background query is running.
+    refreshing: Arc<AtomicBool>,
 }
 
 #[derive(Debug)]
@@ -334,31 +343,55 @@ struct MetricsAnswer {
 }
 
 impl MetricsCache {
-    pub fn new(max_age: Duration) -> Self {
+    pub fn new(max_age: Duration, stale_limit: Duration) -> Self {
         Self {
             max_age,
-            last: tokio::sync::Mutex::new(None),
+            stale_limit,
+            last: Arc::new(tokio::sync::Mutex::new(None)),
+            refreshing: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// `rules` run cluster-wide, or the last answer to the same rules if it is recent.
+    /// `rules` run cluster-wide, or the last answer to the same rules if it is recent enough.
     pub async fn query(&self, socket: &Path, rules: &Value) -> (Value, Vec<String>) {
         let mut last = self.last.lock().await;
         if let Some(answer) = last
             .as_ref()
-            .filter(|answer| answer.rules == *rules && answer.asked_at.elapsed() < self.max_age)
+            .filter(|answer| answer.rules == *rules && answer.asked_at.elapsed() < self.stale_limit)
         {
+            if answer.asked_at.elapsed() >= self.max_age
+                && !self.refreshing.swap(true, Ordering::AcqRel)
+            {
+                self.refresh_behind(socket, rules);
+            }
             return (answer.metrics.clone(), answer.errors.clone());
         }
-        let asked_at = Instant::now();
-        let (metrics, errors) = query_metrics(socket, rules).await;
-        *last = Some(MetricsAnswer {
-            asked_at,
-            rules: rules.clone(),
-            metrics: metrics.clone(),
-            errors: errors.clone(),
+        let answer = ask(socket, rules).await;
+        let reply = (answer.metrics.clone(), answer.errors.clone());
+        *last = Some(answer);
+        reply
+    }
+
+    /// One query on a task of its own; its answer replaces the last one.
+    fn refresh_behind(&self, socket: &Path, rules: &Value) {
+        let (last, refreshing) = (Arc::clone(&self.last), Arc::clone(&self.refreshing));
+        let (socket, rules) = (socket.to_owned(), rules.clone());
+        tokio::spawn(async move {
+            let answer = ask(&socket, &rules).await;
+            *last.lock().await = Some(answer);
+            refreshing.store(false, Ordering::Release);
         });
-        (metrics, errors)
+    }
+}
+
+async fn ask(socket: &Path, rules: &Value) -> MetricsAnswer {
+    let asked_at = Instant::now();
+    let (metrics, errors) = query_metrics(socket, rules).await;
+    MetricsAnswer {
+        asked_at,
+        rules: rules.clone(),
+        metrics,
+        errors,
     }
 }
 
@@ -462,14 +495,14 @@ mod tests {
     async fn a_recent_metrics_answer_is_reused_for_the_same_rules() {
         let dir = tempfile::tempdir().unwrap();
         let rules = default_metric_rules();
-        let cache = MetricsCache::new(Duration::from_millis(300));
+        let cache = MetricsCache::new(Duration::from_millis(300), Duration::from_millis(300));
         let socket = dir.path().join("a.sock");
         let (refused, _listener) = refused_then_silent(&cache, &socket, &rules).await;
         assert_eq!(cache.query(&socket, &rules).await.1, refused, "reused");
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(cache.query(&socket, &rules).await.1, [TIMED_OUT], "expired");
 
-        let cache = MetricsCache::new(Duration::from_secs(3600));
+        let cache = MetricsCache::new(Duration::from_secs(3600), Duration::from_secs(3600));
         let socket = dir.path().join("b.sock");
         let (_, _listener) = refused_then_silent(&cache, &socket, &rules).await;
         let other_rules = json!({"load": {"source": "tip"}});
@@ -477,6 +510,28 @@ mod tests {
             cache.query(&socket, &other_rules).await.1,
             [TIMED_OUT],
             "other rules are asked"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_old_metrics_answer_is_used_while_a_newer_one_is_asked_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = default_metric_rules();
+        let cache = MetricsCache::new(Duration::ZERO, Duration::from_secs(3600));
+        let socket = dir.path().join("a.sock");
+        let (refused, _listener) = refused_then_silent(&cache, &socket, &rules).await;
+        assert_eq!(
+            cache.query(&socket, &rules).await.1,
+            refused,
+            "old, not waited for"
+        );
+        while cache.refreshing.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            cache.query(&socket, &rules).await.1,
+            [TIMED_OUT],
+            "replaced behind"
         );
     }
 }

@@ -34,6 +34,8 @@ pub async fn deploy_loop(node: Arc<Node>, shutdown: CancellationToken) {
             continue;
         };
         deploy(&node, &schedule, &mut standby).await;
+        node.rendered
+            .send_replace(Some(schedule.stamp.hash.clone()));
         standby = standby.or_else(|| Standby::start(&node));
     }
 }
@@ -133,24 +135,21 @@ async fn deploy(node: &Node, schedule: &Schedule, standby: &mut Option<Standby>)
         node.set_error("render", Some(format!("create {}: {err}", dir.display())));
         return;
     }
-    let _ = crate::storage::write_scratch_file(
-        &dir.join("schedule.json"),
-        &serde_json::to_vec(schedule).unwrap_or_default(),
-    );
     let roles = vars::node_roles(&schedule.data, &node.settings.hostname);
     forget_dropped_roles(node, &dir, &roles);
     let mut failures = Vec::new();
     for role in roles {
         let role_vars =
             vars::system_vars(&schedule.data, &role, &node.settings.hostname, &deployment);
-        let vars_file = dir.join(format!("{role}.vars.json"));
         let vars = serde_json::to_vec(&Value::Object(role_vars)).unwrap_or_default();
-        if let Err(err) = crate::storage::write_scratch_file(&vars_file, &vars) {
-            failures.push(format!("{role}: {err}"));
-            continue;
-        }
         let started = std::time::Instant::now();
-        let code = render_role(node, vars, standby).await;
+        let code = render_role(node, vars.clone(), standby).await;
+        // The renderer gets its vars on stdin: the copy for `verwalter_render --vars-file`
+        // by hand (and for `forget_dropped_roles`) is written after, off the render's path.
+        let vars_file = dir.join(format!("{role}.vars.json"));
+        if let Err(err) = crate::storage::write_unsynced_file(&vars_file, &vars) {
+            failures.push(format!("{role}: {err}"));
+        }
         tracing::debug!(role, took = ?started.elapsed(), ?code, "verwalter_render");
         let ok = code == Some(0);
         {
@@ -174,6 +173,10 @@ async fn deploy(node: &Node, schedule: &Schedule, standby: &mut Option<Standby>)
             failures.push(format!("{role}: verwalter_render exited with {code:?}"));
         }
     }
+    let _ = crate::storage::write_unsynced_file(
+        &dir.join("schedule.json"),
+        &serde_json::to_vec(schedule).unwrap_or_default(),
+    );
     node.refresh_local();
     if failures.is_empty() {
         node.set_error("render", None);

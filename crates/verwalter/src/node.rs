@@ -41,6 +41,8 @@ const CADENCE: Duration = Duration::from_secs(5);
 const PARENT_WAIT: Duration = Duration::from_millis(300);
 /// How often the leader re-reads a peer's `machine/` metadata.
 const MACHINE_REFRESH: Duration = Duration::from_secs(30);
+/// How long the leader's store of a new schedule waits for this node's render of it.
+const STORE_AFTER_RENDER: Duration = Duration::from_millis(200);
 
 /// Settings of a node, from the command line.
 #[derive(Debug, Clone)]
@@ -147,6 +149,8 @@ pub struct Node {
     pub ping_now: Arc<Notify>,
     pub scheduler_wake: Notify,
     pub render_wake: Notify,
+    /// Hash of the schedule this node's deploy loop last finished rendering.
+    pub rendered: watch::Sender<Option<String>>,
     pub counters: Arc<PacketCounters>,
     pub fetcher: Fetcher,
     pub rate: Mutex<RateWindow>,
@@ -234,10 +238,11 @@ impl Node {
             ping_now: channels.ping_now,
             scheduler_wake: Notify::new(),
             render_wake: Notify::new(),
+            rendered: watch::Sender::new(None),
             counters: channels.counters,
             fetcher: Fetcher::new(),
             rate: Mutex::new(RateWindow::default()),
-            metrics: cantal::MetricsCache::new(cantal::METRICS_REUSE),
+            metrics: cantal::MetricsCache::new(cantal::METRICS_REUSE, cantal::METRICS_STALE),
             wanted: watch::Sender::new(None),
             persisted: Mutex::new(persisted),
             propagation: PropagationCounters::default(),
@@ -389,6 +394,20 @@ impl Node {
         tokio::task::spawn_blocking(move || node.persist())
     }
 
+    /// [`Node::persist_soon`] once this node has rendered the schedule `hash`, or after
+    /// [`STORE_AFTER_RENDER`]: the stores' syncs would otherwise compete with the rendered
+    /// files' syncs on the disk while the new schedule is on its way to the files.
+    pub fn persist_after_render(self: &Arc<Self>, hash: &str) -> tokio::task::JoinHandle<()> {
+        let node = Arc::clone(self);
+        let hash = hash.to_owned();
+        let mut rendered = self.rendered.subscribe();
+        tokio::spawn(async move {
+            let done = rendered.wait_for(|rendered| rendered.as_deref() == Some(hash.as_str()));
+            let _ = tokio::time::timeout(STORE_AFTER_RENDER, done).await;
+            let _ = node.persist_soon().await;
+        })
+    }
+
     pub fn set_frozen(&self, frozen: bool) {
         let changed = {
             let mut state = self.state();
@@ -444,7 +463,8 @@ impl Node {
     }
 
     /// cantal's answer to the current schedule's `query_metrics` (or the default rules),
-    /// reused for [`cantal::METRICS_REUSE`].
+    /// reused for [`cantal::METRICS_REUSE`], then refreshed behind until
+    /// [`cantal::METRICS_STALE`].
     pub async fn metrics(&self) -> (Value, Vec<String>) {
         let rules = self
             .current()
@@ -818,7 +838,10 @@ pub async fn schedule_once(node: &Arc<Node>) {
                 }
             }
             node.refresh_local();
-            let stored = node.persist_soon();
+            let stored = match &schedule {
+                Some(schedule) => node.persist_after_render(&schedule.stamp.hash),
+                None => node.persist_soon(),
+            };
             if let Some(schedule) = schedule {
                 propagation::push(node, &schedule).await;
             }
@@ -932,7 +955,9 @@ pub async fn watch_config(node: Arc<Node>, shutdown: CancellationToken) {
     use notify::Watcher;
     let (sender, mut events) = tokio::sync::mpsc::unbounded_channel();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Reads are not changes: every scheduler run opens its `main.lua`, every render the
+        // templates, so counting reads made the leader reload and reschedule every ~200 ms.
+        if event.is_ok_and(|event| !event.kind.is_access()) {
             let _ = sender.send(());
         }
     });

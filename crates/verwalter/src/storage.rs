@@ -137,15 +137,22 @@ impl Storage {
         self.dir.join("backups")
     }
 
-    /// Keeps the schedule among the recent and periodic backups.
+    /// Keeps the schedule among the recent and periodic backups. The recent backup is not
+    /// synced: it is written right after `schedule.json` (synced) with the same schedule, and
+    /// its sync would compete with the render's on the same disk. A backup a crash tore is
+    /// skipped by [`Storage::backups`] and [`Storage::backup`].
     pub fn backup_schedule(&self, schedule: &Schedule) -> Result<(), StorageError> {
         let dir = self.backups_dir();
         let stamp = &schedule.stamp;
         let recent = self.names("recent-");
-        if !recent.iter().any(|name| name.ends_with(&stamp.hash[..12])) {
+        // A torn copy (see above) is written again.
+        if !recent
+            .iter()
+            .any(|name| name.ends_with(&stamp.hash[..12]) && self.backup(name).is_some())
+        {
             let name = format!("recent-{}-{}.json", stamp.timestamp, &stamp.hash[..12]);
             let bytes = serde_json::to_vec(schedule).unwrap_or_default();
-            write_file(&dir.join(name), &bytes)?;
+            write_unsynced_file(&dir.join(name), &bytes)?;
             self.prune("recent-", RECENT)?;
         }
         for (prefix, period, keep) in PERIODIC {
@@ -272,9 +279,10 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     replace_file(path, bytes, true)
 }
 
-/// Writes `path` like [`write_file`] but without the sync: for scratch files rewritten
-/// before every use (the renderer's inputs), which a crash may lose.
-pub fn write_scratch_file(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+/// Writes `path` like [`write_file`] but without the sync, so after a crash it may be
+/// missing, empty or torn: for files whose readers skip or rewrite such a file (the
+/// renderer's inputs, the recent backups).
+pub fn write_unsynced_file(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     replace_file(path, bytes, false)
 }
 
@@ -337,6 +345,27 @@ mod tests {
         assert_eq!(storage.load_actions(), actions);
         storage.save_frozen(true).unwrap();
         assert!(storage.load_frozen());
+    }
+
+    #[test]
+    fn a_torn_recent_backup_is_skipped_and_written_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = Storage::open(tmp.path()).unwrap();
+        let id = MachineId::from_bytes([3; 16]);
+        let schedule = Schedule::new(json!({"v": 1}), 1_000, id);
+        storage.backup_schedule(&schedule).unwrap();
+        let name = storage.names("recent-").pop().unwrap();
+        let path = storage.backup_path(&name, false);
+        let bytes = fs::read(&path).unwrap();
+        // A crash before the unsynced data reached the disk: empty or cut short.
+        for torn in [&[][..], &bytes[..bytes.len() / 2]] {
+            fs::write(&path, torn).unwrap();
+            assert_eq!(storage.backup(&name), None);
+            assert!(storage.backups().iter().all(|b| b.name != name));
+            assert_eq!(storage.find_by_hash(&schedule.stamp.hash), None);
+            storage.backup_schedule(&schedule).unwrap();
+            assert_eq!(storage.backup(&name), Some(schedule.clone()));
+        }
     }
 
     #[test]
