@@ -1,7 +1,7 @@
 //! Signals to processes by pid, for processes this process holds no pidfd for (pids read
 //! from files, processes started by `std::process`).
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 use crate::error::OsReason;
@@ -19,6 +19,13 @@ pub enum SignalError {
         signal: Signal,
         reason: OsReason,
     },
+    /// `killpg` failed (no such group, not permitted).
+    #[error("send {signal} to process group {pgid}: {reason}")]
+    SendGroup {
+        pgid: i32,
+        signal: Signal,
+        reason: OsReason,
+    },
 }
 
 /// Sends `signal` to process `pid`.
@@ -28,6 +35,19 @@ pub fn send(pid: i32, signal: Signal) -> Result<(), SignalError> {
     }
     kill(Pid::from_raw(pid), signal).map_err(|e| SignalError::Send {
         pid,
+        signal,
+        reason: OsReason(e),
+    })
+}
+
+/// Sends `signal` to every process of group `pgid` (a child started as a group leader and
+/// whatever it started in turn).
+pub fn send_to_group(pgid: i32, signal: Signal) -> Result<(), SignalError> {
+    if pgid <= 0 {
+        return Err(SignalError::NotAProcess(pgid));
+    }
+    killpg(Pid::from_raw(pgid), signal).map_err(|e| SignalError::SendGroup {
+        pgid,
         signal,
         reason: OsReason(e),
     })
@@ -61,6 +81,43 @@ mod tests {
     }
 
     #[test]
+    fn a_group_signal_reaches_the_leader_and_its_children() {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut leader = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(leader.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let sleeper: i32 = line.trim().parse().unwrap();
+        send_to_group(leader.id() as i32, Signal::SIGKILL).unwrap();
+        let status = leader.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(Signal::SIGKILL as i32)
+        );
+        // The orphaned `sleep` got it too: dead (a zombie until its new parent reaps it) or
+        // gone. Signal delivery is not instant, hence the bounded wait.
+        let dead = || {
+            std::fs::read_to_string(format!("/proc/{sleeper}/stat")).map_or(true, |stat| {
+                stat.rsplit(") ").next().unwrap().starts_with('Z')
+            })
+        };
+        for _ in 0..1000 {
+            if dead() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("sleep {sleeper} outlived its group's SIGKILL");
+    }
+
+    #[test]
     fn group_pids_are_refused_and_missing_processes_named() {
         assert!(matches!(
             send(0, Signal::SIGTERM),
@@ -78,5 +135,9 @@ mod tests {
             format!("send SIGTERM to pid {}: no such process", i32::MAX)
         );
         assert!(!is_alive(i32::MAX));
+        assert!(matches!(
+            send_to_group(0, Signal::SIGKILL),
+            Err(SignalError::NotAProcess(0))
+        ));
     }
 }

@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use regex::Regex;
 use sha1::{Digest, Sha1};
 
@@ -140,7 +138,7 @@ impl<'a> Applier<'a> {
             Command::Cmd(argv) => self.process(argv),
             Command::Sh(script) => self.process(&["sh".into(), "-exc".into(), script.clone()]),
             Command::RootCommand(argv) => {
-                if nix::unistd::geteuid().is_root() {
+                if isolation::user::effective_uid() == 0 {
                     self.process(argv)
                 } else {
                     let mut sudo = vec!["sudo".to_owned(), "-n".to_owned()];
@@ -207,7 +205,7 @@ impl<'a> Applier<'a> {
             }
             if Instant::now() >= self.deadline {
                 let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = isolation::signal::send_to_group(pid, isolation::Signal::SIGKILL);
                 let _ = child.wait();
                 return Err(ApplyError::Timeout {
                     command: description,

@@ -315,10 +315,7 @@ async fn render_role(node: &Node, vars: Vec<u8>, standby: &mut Option<Standby>) 
         }
         Err(_) => {
             if let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok()) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                let _ = isolation::signal::send_to_group(pid, isolation::Signal::SIGKILL);
             }
             None
         }

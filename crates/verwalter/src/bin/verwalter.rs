@@ -222,7 +222,7 @@ fn run_scheduler(
 }
 
 fn run_daemon(args: Args) -> ExitCode {
-    let system_hostname = nix::unistd::gethostname()
+    let system_hostname = isolation::host::name()
         .ok()
         .and_then(|name| name.into_string().ok())
         .unwrap_or_else(|| "localhost".into());

@@ -22,7 +22,7 @@ pub fn render_bin() -> PathBuf {
 }
 
 pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+    isolation::user::effective_uid() == 0
 }
 
 /// Runs a setup command (`ip ...`) that must succeed.
