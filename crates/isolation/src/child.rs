@@ -4,12 +4,13 @@
 //! fork handlers: it must not allocate, take locks or panic. It only makes system calls on
 //! data prepared by [`crate::plan`], and reports the first failure as (step index, errno).
 
+use std::ffi::CStr;
 use std::os::fd::{BorrowedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::resource::{Resource, setrlimit};
-use nix::sys::stat::{FchmodatFlags, Mode, fchmodat};
+use nix::sys::stat::{FchmodatFlags, Mode, SFlag, fchmodat, mknod};
 use nix::unistd::{Gid, Uid, chdir, mkdir, pivot_root, sethostname};
 
 use crate::init;
@@ -134,12 +135,7 @@ pub(crate) fn apply(op: &Op) -> Result<(), Errno> {
             Mode::from_bits_truncate(*mode),
             FchmodatFlags::FollowSymlink,
         ),
-        Op::CreateFile { path } => {
-            let flags = nix::fcntl::OFlag::O_CREAT
-                | nix::fcntl::OFlag::O_WRONLY
-                | nix::fcntl::OFlag::O_CLOEXEC;
-            nix::fcntl::open(path.as_c_str(), flags, Mode::from_bits_truncate(0o644)).map(drop)
-        }
+        Op::DeviceNode { path, source, rdev } => device_node(path, source, *rdev),
         Op::Symlink { target, link } => {
             nix::unistd::symlinkat(target.as_c_str(), nix::fcntl::AT_FDCWD, link.as_c_str())
         }
@@ -155,14 +151,7 @@ pub(crate) fn apply(op: &Op) -> Result<(), Errno> {
         }
         Op::SetHostname { name } => sethostname(name),
         Op::SetNofile { limit } => setrlimit(Resource::RLIMIT_NOFILE, *limit, *limit),
-        Op::DropBoundingCaps { caps } => {
-            for cap in caps {
-                // SAFETY: PR_CAPBSET_DROP takes a capability number and touches no memory.
-                let ret = unsafe { libc::prctl(PR_CAPBSET_DROP, *cap as libc::c_ulong, 0, 0, 0) };
-                Errno::result(ret)?;
-            }
-            Ok(())
-        }
+        Op::DropBoundingCaps { keep } => drop_bounding_caps(*keep),
         Op::ClearInheritableAndAmbientCaps => clear_inheritable_and_ambient(),
         Op::SetGroups { groups } => set_groups(groups),
         Op::SetGid { gid } => set_gid(*gid),
@@ -190,6 +179,48 @@ pub(crate) fn apply(op: &Op) -> Result<(), Errno> {
             }
             Err(first_error)
         }
+    }
+}
+
+fn drop_bounding_caps(keep: u64) -> Result<(), Errno> {
+    for cap in (0..64).filter(|cap| keep & (1 << cap) == 0) {
+        // SAFETY: PR_CAPBSET_DROP takes a capability number and touches no memory.
+        let ret = unsafe { libc::prctl(PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        match Errno::result(ret) {
+            Ok(_) => {}
+            // Past the running kernel's last capability: nothing more exists to drop.
+            Err(Errno::EINVAL) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn device_node(path: &CStr, source: &CStr, rdev: libc::dev_t) -> Result<(), Errno> {
+    let mode = Mode::from_bits_truncate(0o666);
+    match mknod(path, SFlag::S_IFCHR, mode, rdev) {
+        // mknod applies the umask; everyone may use these devices.
+        Ok(()) => fchmodat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            mode,
+            FchmodatFlags::FollowSymlink,
+        ),
+        // A user namespace (or no CAP_MKNOD): the host's node, bind-mounted over a file.
+        Err(Errno::EPERM) => {
+            let flags = nix::fcntl::OFlag::O_CREAT
+                | nix::fcntl::OFlag::O_WRONLY
+                | nix::fcntl::OFlag::O_CLOEXEC;
+            nix::fcntl::open(path, flags, Mode::from_bits_truncate(0o644)).map(drop)?;
+            mount(
+                Some(source),
+                path,
+                None::<&CStr>,
+                MsFlags::MS_BIND,
+                None::<&CStr>,
+            )
+        }
+        Err(e) => Err(e),
     }
 }
 

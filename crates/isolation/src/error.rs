@@ -31,8 +31,8 @@ pub enum Step {
     Remount,
     /// Creating a directory.
     Mkdir,
-    /// Creating a file to mount over.
-    CreateFile,
+    /// Creating a device node in `/dev` (or binding the host's).
+    DeviceNode,
     /// Setting the mode of a path.
     Chmod,
     /// Mounting a tmpfs and copying a directory into it.
@@ -77,7 +77,7 @@ impl fmt::Display for Step {
             Step::Mount => "mount",
             Step::Remount => "remount",
             Step::Mkdir => "mkdir",
-            Step::CreateFile => "create",
+            Step::DeviceNode => "create device node",
             Step::Chmod => "chmod",
             Step::Seed => "seed tmpfs from",
             Step::Symlink => "symlink",
@@ -175,6 +175,9 @@ pub enum SpawnError {
     /// The cgroup could not be prepared.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// The caller's preparation passed to [`crate::Container::spawn_with`] failed.
+    #[error(transparent)]
+    Prepare(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Creating, limiting, reading or removing a cgroup failed.

@@ -30,9 +30,17 @@ pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;
 pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
 pub(crate) const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 
-/// Host device nodes bound into the container's `/dev`: device nodes cannot be created in a
-/// user namespace, bind mounts work everywhere.
-const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// The container's device nodes with their fixed numbers (major, minor; Linux's devices.txt).
+/// Created with `mknod` where allowed: one inode, no mount to set up and tear down. In a user
+/// namespace, where `mknod` is refused, the host's node is bind-mounted instead.
+const DEVICES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
 const DEV_SYMLINKS: &[(&str, &str)] = &[
     ("pts/ptmx", "ptmx"),
     ("/proc/self/fd", "fd"),
@@ -43,7 +51,8 @@ const DEV_SYMLINKS: &[(&str, &str)] = &[
 
 /// One step of the child's setup. Paths are host paths until `PivotRoot`.
 pub(crate) enum Op {
-    /// Blocks until the parent has written id maps and joined the cgroup.
+    /// Blocks until the parent has written id maps and joined the cgroup (or, the second
+    /// time, has run the caller's preparation).
     AwaitParent {
         fd: RawFd,
     },
@@ -82,8 +91,12 @@ pub(crate) enum Op {
         path: CString,
         mode: u32,
     },
-    CreateFile {
+    /// A character device node (mode 0666) at `path`, or a bind mount of `source` over an
+    /// empty file there when the kernel refuses `mknod`.
+    DeviceNode {
         path: CString,
+        source: CString,
+        rdev: libc::dev_t,
     },
     Symlink {
         target: CString,
@@ -100,9 +113,10 @@ pub(crate) enum Op {
     SetNofile {
         limit: u64,
     },
-    /// Capability numbers to drop from the bounding set.
+    /// Drops every capability the kernel knows from the bounding set except the bits of
+    /// `keep`.
     DropBoundingCaps {
-        caps: Vec<u32>,
+        keep: u64,
     },
     ClearInheritableAndAmbientCaps,
     SetGroups {
@@ -288,16 +302,17 @@ impl Builder {
             nosuid_noexec,
             Some("mode=755,size=65536".into()),
         )?;
-        for name in DEVICES {
+        for (name, major, minor) in DEVICES {
             let node = dev.join(name);
             self.push(
-                Op::CreateFile {
+                Op::DeviceNode {
                     path: path_cstring(&node)?,
+                    source: path_cstring(&Path::new("/dev").join(name))?,
+                    rdev: libc::makedev(*major as _, *minor as _),
                 },
-                Step::CreateFile,
+                Step::DeviceNode,
                 &node,
             );
-            self.bind(&Path::new("/dev").join(name), &node, 0)?;
         }
         let pts = dev.join("pts");
         self.mkdir(&pts, 0o755)?;
@@ -492,8 +507,13 @@ fn dup_cloexec(fd: &OwnedFd) -> Result<OwnedFd, SpawnError> {
 }
 
 impl Plan {
-    /// Prepares every step; `await_fd` is where the child waits for the parent's go.
-    pub(crate) fn new(c: &Container, await_fd: RawFd) -> Result<Plan, SpawnError> {
+    /// Prepares every step; `await_fd` is where the child waits for the parent's go. With
+    /// `await_volumes` it waits there a second time before mounting the volumes.
+    pub(crate) fn new(
+        c: &Container,
+        await_fd: RawFd,
+        await_volumes: bool,
+    ) -> Result<Plan, SpawnError> {
         let mut b = Builder {
             ops: Vec::new(),
             subjects: Vec::new(),
@@ -557,6 +577,9 @@ impl Plan {
         // Parents before children, whatever order the caller listed them in.
         let mut volumes: Vec<_> = c.volumes.iter().collect();
         volumes.sort_by(|a, b| a.0.components().cmp(b.0.components()));
+        if await_volumes {
+            b.push(Op::AwaitParent { fd: await_fd }, Step::AwaitParent, "");
+        }
         for (mount_point, volume) in volumes {
             b.volume(root, mount_point, volume)?;
         }
@@ -580,17 +603,11 @@ impl Plan {
             b.push(Op::SetNofile { limit }, Step::SetRlimit, "RLIMIT_NOFILE");
         }
         if let Some(keep) = &c.capabilities {
-            // Capabilities newer than the running kernel cannot be dropped: skip them. One read
-            // of `cap_last_cap` says which exist; probing each one is the fallback without /proc.
-            let supported = caps::runtime::procfs_all_supported(None)
-                .unwrap_or_else(|_| caps::runtime::thread_all_supported());
-            let drop: Vec<u32> = supported
-                .into_iter()
-                .filter(|cap| !keep.contains(cap))
-                .map(|cap| u32::from(cap.index()))
-                .collect();
+            // The child finds the kernel's last capability by dropping until EINVAL: no read
+            // of `cap_last_cap` per start.
+            let keep = keep.iter().fold(0u64, |bits, cap| bits | cap.bitmask());
             b.push(
-                Op::DropBoundingCaps { caps: drop },
+                Op::DropBoundingCaps { keep },
                 Step::DropCapabilities,
                 "bounding set",
             );

@@ -232,6 +232,46 @@ fn hostname_uid_gid_and_groups_are_as_requested() {
     assert_eq!(out, "box\n1000\n1001\n1001 2000 3000\n");
 }
 
+/// What a non-root program finds in `/dev`: the six devices usable by everyone, and where
+/// `/dev/null` comes from (a device node of its own, or the host's bound in a user namespace).
+const DEV_CHECK: &str = "for d in null zero full random urandom tty; do \
+      [ -c /dev/$d ] || echo \"$d is no character device\"; done; \
+    echo x > /dev/null && head -c 3 /dev/zero | wc -c && head -c 2 /dev/urandom | wc -c; \
+    stat -c '%a %t:%T' /dev/null /dev/tty; \
+    awk '$5 == \"/dev/null\" { print \"mount\" }' /proc/self/mountinfo";
+
+#[test]
+fn dev_has_device_nodes_usable_by_any_user() {
+    require_root!();
+    let mut c = shell(DEV_CHECK);
+    c.identity(1000, 1000, &[]);
+    let (status, out) = run(c);
+    assert!(status.success(), "{status}: {out}");
+    // Created in the container's /dev: no mount per device.
+    assert_eq!(out, "3\n2\n666 1:3\n666 5:0\n");
+}
+
+#[test]
+fn dev_nodes_in_a_user_namespace_are_the_hosts() {
+    require_root!();
+    let map = vec![isolation::IdMap {
+        inside: 0,
+        outside: 200_000,
+        count: 65536,
+    }];
+    let mut c = shell(DEV_CHECK);
+    c.user_namespace(isolation::UserNamespace {
+        uid_map: map.clone(),
+        gid_map: map,
+        writer: isolation::MapWriter::Auto,
+    })
+    .identity(1000, 1000, &[]);
+    let (status, out) = run(c);
+    assert!(status.success(), "{status}: {out}");
+    // The kernel refuses mknod in a user namespace: the host's node is bind-mounted.
+    assert_eq!(out, "3\n2\n666 1:3\n666 5:0\nmount\n");
+}
+
 #[test]
 fn environment_is_only_what_was_set() {
     require_root!();
@@ -300,6 +340,39 @@ fn passed_fds_arrive_at_their_numbers_and_nothing_else_leaks() {
     // 0-2, the passed 5, and the directory ls itself opened (3).
     assert_eq!(out.trim(), "0 1 2 3 5");
     drop(leaked);
+}
+
+#[test]
+fn spawn_with_prepares_what_volumes_bind_and_reports_its_error() {
+    require_root!();
+    let host = tempfile::tempdir().unwrap();
+    let source = host.path().join("made-by-prepare");
+    let mut c = shell("cat /config/in");
+    c.volume(
+        "/config",
+        Volume::ReadOnly {
+            source: source.clone(),
+        },
+    );
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    c.stdout(Stdio::Fd(writer.into()));
+    let mut child = c
+        .spawn_with(|| {
+            fs::create_dir(&source)?;
+            fs::write(source.join("in"), "prepared\n")
+        })
+        .expect("container starts");
+    drop(c);
+    let mut out = String::new();
+    reader.read_to_string(&mut out).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(out, "prepared\n");
+
+    let c = shell("true");
+    match c.spawn_with(|| Err(std::io::Error::other("no room"))) {
+        Err(SpawnError::Prepare(e)) => assert_eq!(e.to_string(), "no room"),
+        other => panic!("expected the preparation's error, got {other:?}"),
+    }
 }
 
 #[test]

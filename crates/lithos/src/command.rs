@@ -64,7 +64,7 @@ pub fn run(
         &signals,
         knot::Caller::Command { interactive },
     );
-    let _ = std::fs::remove_dir_all(&config.state_dir);
+    knot::remove_state(&config);
     if outcome.code == crate::state::code::SETUP_ERROR {
         return Err(CommandError::Setup(format!(
             "command {} could not start (see {})",

@@ -75,16 +75,20 @@ fn ensure_dir(path: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<(), S
         path: display(path),
         source,
     };
-    if !path.is_dir() {
-        fs::DirBuilder::new()
+    // One mkdir in the usual case (the parent exists); an existing directory is left as is.
+    match fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
             .recursive(true)
             .mode(mode)
             .create(path)
-            .map_err(err)?;
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(err)?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(err)?;
-        }
+            .map_err(err)?,
+        Err(e) => return Err(err(e)),
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(err)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(err)?;
     }
     Ok(())
 }
@@ -216,6 +220,17 @@ fn prepare_state(c: &InstanceConfig) -> Result<(), SetupError> {
         }
     }
     Ok(())
+}
+
+/// Removes a state dir that `prepare_state` made: its two files and the directory take three
+/// calls; anything more in it (statedir volumes) takes the recursive way.
+pub fn remove_state(c: &InstanceConfig) {
+    for name in ["resolv.conf", "hosts"] {
+        let _ = fs::remove_file(c.state_dir.join(name));
+    }
+    if fs::remove_dir(&c.state_dir).is_err() {
+        let _ = fs::remove_dir_all(&c.state_dir);
+    }
 }
 
 fn id_maps(maps: &[IdMapping]) -> Vec<IdMap> {
@@ -564,7 +579,6 @@ pub fn run(
     let interactive = matches!(caller, Caller::Command { interactive: true });
     let setup = (|| {
         check_identity(c)?;
-        prepare_state(c)?;
         let log = open_log(c)?;
         let ct = container(c, &sockets, log.as_ref(), interactive)?;
         Ok::<_, SetupError>((log, ct))
@@ -581,17 +595,31 @@ pub fn run(
             .chain(c.arguments.iter().map(String::as_str))
             .collect::<Vec<_>>()
             .join(" ");
-        marker(
-            log.as_ref(),
-            &format!("Starting {:?}: {command_line}", c.name),
-        );
-        info!(instance = %c.name, "starting {command_line}");
         let run_start = Instant::now();
-        let mut child = match ct.spawn() {
+        let first = restarts == 0;
+        // Runs while the child mounts /proc, /dev and /sys, which then waits for it: the first
+        // start's state dir (the child binds files from there) and the start's log lines are
+        // written in time the start takes anyway, and before the program can write.
+        let spawned = ct.spawn_with(|| {
+            marker(
+                log.as_ref(),
+                &format!("Starting {:?}: {command_line}", c.name),
+            );
+            info!(instance = %c.name, "starting {command_line}");
+            if first { prepare_state(c) } else { Ok(()) }
+        });
+        let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
+                let e = match e {
+                    isolation::SpawnError::Prepare(e) => e.downcast::<SetupError>().map_or_else(
+                        |e| SetupError::Spawn(isolation::SpawnError::Prepare(e)),
+                        |e| *e,
+                    ),
+                    e => SetupError::Spawn(e),
+                };
                 marker(log.as_ref(), &format!("Failed to start {:?}: {e}", c.name));
-                return setup_failed(c, SetupError::Spawn(e), started, caller);
+                return setup_failed(c, e, started, caller);
             }
         };
         if caller == Caller::Tree {

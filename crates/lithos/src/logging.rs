@@ -100,10 +100,15 @@ pub fn init(target: Target, level: &str, json: bool) {
             }
         }
         Target::File(path) => {
-            if let Some(dir) = path.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            match OpenOptions::new().append(true).create(true).open(&path) {
+            let open = || OpenOptions::new().append(true).create(true).open(&path);
+            // The directory is made only when missing: one call per start otherwise.
+            let opened = open().or_else(|e| match path.parent() {
+                Some(dir) if e.kind() == io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(dir).and_then(|()| open())
+                }
+                _ => Err(e),
+            });
+            match opened {
                 Ok(file) => {
                     let b = builder.with_ansi(false).with_writer(Mutex::new(file));
                     if json {
