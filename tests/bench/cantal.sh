@@ -25,8 +25,8 @@
 # Output: tests/bench/out/cantal/ (raw samples, hyperfine JSON, logs) and
 #         tests/bench/out/cantal/report.md (machine, commands, tables), also printed.
 # Environment: PROCS (1000), M1_WARMUP (20), M1_SECONDS (60), M2_SCANS (10), M3_RUNS (100),
-#   G1_SIZES ("5 10"), G1_REPEATS (2), G1_TRAFFIC_SECONDS (10). The load average is recorded
-#   with each measurement: the machine may be shared.
+#   G1_SIZES ("5 10"), G1_REPEATS (2), G1_TRAFFIC_SECONDS (10); M1_ONLY=1 stops after M1. The
+#   load average is recorded with each measurement: the machine may be shared.
 #
 # Not part of CI: it needs root, installs packages and takes about 6 minutes.
 set -euo pipefail
@@ -209,6 +209,10 @@ cpu_pct() { awk -v d=$((cpu1[$1] - cpu0[$1])) -v s="$m1_seconds" 'BEGIN {printf 
     awk -v c=$((cpu1[cantal] - cpu0[cantal])) -v n=$((cpu1[netdata] - cpu0[netdata])) -v k="${pss[cantal]}" \
         'BEGIN {printf "cantal ÷ netdata CPU: %.3f (target ≤ 0.2); cantal PSS %.1f MB (target ≤ 10 MB)\n", (n > 0 ? c / n : 0), k / 1024}'
 } >> "$report"
+if [ "${M1_ONLY:-}" = 1 ]; then
+    cat "$report"
+    exit 0
+fi
 idle_rate_cantal=$(awk -v d=$((cpu1[cantal] - cpu0[cantal])) -v s="$m1_seconds" 'BEGIN {print d / s}')
 idle_rate_node_exporter=$(awk -v d=$((cpu1[node_exporter] - cpu0[node_exporter])) -v s="$m1_seconds" 'BEGIN {print d / s}')
 

@@ -230,8 +230,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         ScannerConfig {
             proc_root: config.proc_root.clone(),
             lithos_root: config.lithos_root.clone(),
+            interval: config.interval,
         },
-        config.interval,
         tasks.clone(),
     ));
     let mut storer = storage.map(|storage| {
@@ -332,15 +332,10 @@ fn spawn_gossip(
     }
 }
 
-/// Scans every `interval` on a blocking thread and records the result.
-async fn scan_loop(
-    state: Arc<AgentState>,
-    config: ScannerConfig,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
+/// Scans every `config.interval` on a blocking thread and records the result.
+async fn scan_loop(state: Arc<AgentState>, config: ScannerConfig, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(config.interval);
     let mut scanner = Some(Scanner::new(config));
-    let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -363,9 +358,7 @@ async fn scan_loop(
         };
         scanner = Some(back);
         let mut metrics = state.metrics_mut();
-        let step = metrics
-            .history
-            .push_scan(scan.timestamp_ms, scan.samples.iter().map(|(k, v)| (k, v)));
+        let step = metrics.history.push_scan(scan.timestamp_ms, scan.samples());
         if let ClockStep::Backward { by_ms } = step {
             tracing::warn!(
                 by_ms,

@@ -4,6 +4,7 @@
 //! wants a registry of long-lived metric objects, while the agent exposes a fresh snapshot
 //! of thousands of series with per-scan label sets.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write;
 
@@ -108,12 +109,13 @@ impl Exposition {
     }
 
     /// Adds a scan's samples.
-    pub fn add_samples<'a>(
+    pub fn add_samples<'a, V: Borrow<Value>>(
         &mut self,
-        samples: impl IntoIterator<Item = (&'a SeriesKey, &'a Value)>,
+        samples: impl IntoIterator<Item = (&'a SeriesKey, V)>,
         per_pid: bool,
     ) {
         for (key, value) in samples {
+            let value = value.borrow();
             if let Value::State(entered_ms, text) = value {
                 if key.source != Source::App {
                     continue;

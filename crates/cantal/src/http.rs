@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::exposition::{Exposition, Kind};
 use crate::gossip::peers::{PeerEntry, state_name};
+use crate::processes::ProcessInfo;
 use crate::promql::{self, BadData};
 use crate::query;
 use crate::state::{AgentState, SelfReport};
@@ -116,7 +117,8 @@ async fn status(State(state): State<Shared>) -> axum::Json<Json> {
 
 async fn all_processes(State(state): State<Shared>) -> axum::Json<Json> {
     let latest = Arc::clone(&state.metrics().latest);
-    axum::Json(json!({"boot_time": latest.boot_time_ms, "all": latest.processes}))
+    let all: Vec<&ProcessInfo> = latest.processes.iter().map(|p| &p.info).collect();
+    axum::Json(json!({"boot_time": latest.boot_time_ms, "all": all}))
 }
 
 async fn all_sockets(State(state): State<Shared>) -> axum::Json<Json> {
@@ -180,8 +182,7 @@ async fn add_host(State(state): State<Shared>, body: Bytes) -> Response {
 fn all_metrics(state: &AgentState) -> Json {
     let latest = Arc::clone(&state.metrics().latest);
     let rows: Vec<Json> = latest
-        .samples
-        .iter()
+        .samples()
         .map(|(key, value)| json!([key.fields, latest.timestamp_ms, value]))
         .collect();
     json!({ "metrics": rows })
@@ -231,10 +232,7 @@ async fn metrics(State(state): State<Shared>, headers: HeaderMap) -> Response {
         );
         Arc::clone(&metrics.latest)
     };
-    exposition.add_samples(
-        latest.samples.iter().map(|(k, v)| (k, v)),
-        state.info.prometheus_per_pid,
-    );
+    exposition.add_samples(latest.samples(), state.info.prometheus_per_pid);
     add_agent_metrics(&state, &latest, &mut exposition);
     let openmetrics = headers
         .get(header::ACCEPT)
@@ -779,7 +777,7 @@ async fn status_page(State(state): State<Shared>) -> Html<String> {
     });
     let mut groups: Vec<(String, f64, f64)> = Vec::new();
     let mut by_group: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    for (key, value) in &latest.samples {
+    for (key, value) in latest.samples() {
         if key.source != crate::metric::Source::Group {
             continue;
         }

@@ -1,8 +1,9 @@
 //! The per-process sweep: one `readdir(/proc)` per scan; `stat`, `status`, `io` and `cgroup`
 //! kept open per (pid, start time) and re-read with `pread` (past the open files limit less a
 //! reserve, opened for each read instead); `cmdline` and `environ` read when
-//! a process is first seen and again when its name changes (an exec). A process that exits
-//! mid-scan is dropped without a word.
+//! a process is first seen and again when its name changes (an exec). `stat` and `io` are read
+//! every sweep; `status` and `cgroup` seldom change and are read on a [`RereadSchedule`]. A
+//! process that exits mid-scan is dropped without a word.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -10,6 +11,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use procfs::FromRead;
 use procfs::process::Stat;
@@ -45,8 +47,10 @@ pub struct ProcessInfo {
     pub ppid: i32,
     pub uid: u32,
     pub gid: u32,
-    pub name: String,
-    pub state: String,
+    /// Shared with the process table.
+    pub name: Arc<str>,
+    /// One letter (`S`, `R`, ...); serialized as a string.
+    pub state: char,
     pub vsize: u64,
     /// Bytes.
     pub rss: u64,
@@ -75,10 +79,55 @@ pub struct ProcessInfo {
 #[derive(Debug, Clone)]
 pub struct Process {
     pub info: ProcessInfo,
-    pub group: Option<Group>,
-    pub app: Option<AppSource>,
+    /// Shared with the process table: not copied every scan.
+    pub group: Option<Arc<Group>>,
+    /// Shared with the process table.
+    pub app: Option<Arc<AppSource>>,
     /// Series keys of [`PROCESS_METRICS`], built once per process and group.
     pub keys: Arc<[SeriesKey]>,
+}
+
+/// When a process's `status` (uid, gid, `VmSwap`) and `cgroup` are read again. Rendering them
+/// was over a third of the sweep's kernel time, and for most processes they never change: they
+/// are read on every sweep while a process is young (a service manager may move it into its
+/// cgroup, and a daemon drops privileges, just after the start), then once per `period`
+/// sweeps, staggered by pid so that each sweep reads an even share. `status` is also read
+/// whenever `stat`'s rss or vsize moved since its last read: swapping pages out or in changes
+/// rss, so `VmSwap` stays current for every process whose memory changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RereadSchedule {
+    /// Sweeps from a process's first sight during which every sweep reads both files.
+    young: u64,
+    /// Sweeps between reads afterwards.
+    period: u64,
+}
+
+impl RereadSchedule {
+    /// How long a process counts as young.
+    pub const YOUNG: Duration = Duration::from_secs(10);
+    /// The longest a moved process waits to be regrouped once it is no longer young.
+    pub const PERIOD: Duration = Duration::from_secs(30);
+
+    /// The schedule for sweeps every `interval`: [`Self::YOUNG`] and [`Self::PERIOD`] in
+    /// sweeps, at least one each.
+    pub fn for_interval(interval: Duration) -> Self {
+        let sweeps = |span: Duration| {
+            let interval = interval.as_millis().max(1);
+            u64::try_from(span.as_millis().div_ceil(interval))
+                .unwrap_or(u64::MAX)
+                .max(1)
+        };
+        Self {
+            young: sweeps(Self::YOUNG),
+            period: sweeps(Self::PERIOD),
+        }
+    }
+
+    /// Whether sweep number `sweep` reads the files of `pid`, first seen at sweep `first`.
+    fn due(self, pid: i32, first: u64, sweep: u64) -> bool {
+        sweep.saturating_sub(first) < self.young
+            || (sweep + u64::from(pid.unsigned_abs())).is_multiple_of(self.period)
+    }
 }
 
 /// Descriptors under the open files limit that the sweep leaves to the rest of the agent
@@ -155,14 +204,20 @@ struct Tracked {
     /// The name (`comm`) when `cmdline` and `environ` were read: an exec changes it, and then
     /// they are read again (a process seen between fork and exec would otherwise keep its
     /// parent's command line).
-    comm: String,
+    comm: Arc<str>,
     cmdline: Arc<str>,
-    app: Option<AppSource>,
+    app: Option<Arc<AppSource>>,
     lithos_container: Option<Container>,
-    /// The `cgroup` file last read, and what was derived from it: a process seldom moves, so
-    /// these are reused while the file reads the same.
-    cgroup_file: Vec<u8>,
-    group: Option<Group>,
+    /// The sweep that first saw the process, for the [`RereadSchedule`].
+    first_sweep: u64,
+    /// `status` as last read, with `stat`'s rss and vsize at that read (`None` before the
+    /// first read).
+    status_fields: Option<(StatusFields, (u64, u64))>,
+    /// A hash of the `cgroup` file last read (`None` before the first read or when it must
+    /// be parsed again), and what was derived from it: a process seldom moves, so these are
+    /// reused while the file reads the same.
+    cgroup_hash: Option<u64>,
+    group: Option<Arc<Group>>,
     keys: Arc<[SeriesKey]>,
 }
 
@@ -188,20 +243,31 @@ pub struct ProcessTable {
     lithos_root: String,
     page_size: u64,
     ticks_per_second: u64,
-    tracked: HashMap<i32, Tracked>,
+    /// Boxed: a map sized for growth holds about twice as many slots as processes.
+    tracked: HashMap<i32, Box<Tracked>>,
+    schedule: RereadSchedule,
+    /// Sweeps so far, the current one included.
+    sweeps: u64,
     /// How many more proc files may be kept open (from the open files limit at start).
     kept_budget: usize,
     buffer: Vec<u8>,
 }
 
 impl ProcessTable {
-    pub fn new(proc_root: impl Into<PathBuf>, lithos_root: impl Into<String>) -> Self {
+    /// A table for sweeps every `interval` (which sets the [`RereadSchedule`]).
+    pub fn new(
+        proc_root: impl Into<PathBuf>,
+        lithos_root: impl Into<String>,
+        interval: Duration,
+    ) -> Self {
         Self {
             proc_root: proc_root.into(),
             lithos_root: lithos_root.into(),
             page_size: procfs::page_size(),
             ticks_per_second: procfs::ticks_per_second().max(1),
             tracked: HashMap::new(),
+            schedule: RereadSchedule::for_interval(interval),
+            sweeps: 0,
             kept_budget: keepable_files(),
             buffer: vec![0; READ_SIZE],
         }
@@ -221,6 +287,7 @@ impl ProcessTable {
         let pids: Vec<i32> = dir
             .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
             .collect();
+        self.sweeps += 1;
         let mut seen = HashSet::with_capacity(pids.len());
         let mut processes = Vec::with_capacity(pids.len());
         for pid in pids {
@@ -261,37 +328,49 @@ impl ProcessTable {
             None => self.open(pid)?,
         };
         let tracked = self.tracked.get_mut(&pid)?;
-        if stat.comm != tracked.comm {
+        let mut reread = self.schedule.due(pid, tracked.first_sweep, self.sweeps);
+        if *stat.comm != *tracked.comm {
             let (cmdline, env) = read_image(&self.proc_root.join(pid.to_string()));
-            tracked.comm.clone_from(&stat.comm);
+            tracked.comm = stat.comm.as_str().into();
             tracked.cmdline = cmdline;
-            tracked.app = env.app;
+            tracked.app = env.app.map(Arc::new);
             tracked.lithos_container = env.lithos_container;
             // The container named by the environment is merged into the group on a read of
-            // the cgroup file.
-            tracked.cgroup_file.clear();
+            // the cgroup file; an exec may also change the ids.
+            tracked.cgroup_hash = None;
+            reread = true;
         }
-        let status = StatusFields::parse(tracked.status.read(&mut self.buffer).ok()?)?;
+        let memory = (stat.rss, stat.vsize);
+        let status = match tracked.status_fields {
+            Some((fields, basis)) if !reread && basis == memory => fields,
+            _ => {
+                let fields = StatusFields::parse(tracked.status.read(&mut self.buffer).ok()?)?;
+                tracked.status_fields = Some((fields, memory));
+                fields
+            }
+        };
         let io = tracked
             .io
             .as_ref()
             .and_then(|file| file.read(&mut self.buffer).ok())
             .and_then(IoFields::parse);
-        let cgroup_file = tracked.cgroup.read(&mut self.buffer).ok()?;
-        if cgroup_file != tracked.cgroup_file.as_slice() {
-            let mut group = cgroup_path(&String::from_utf8_lossy(cgroup_file))
-                .and_then(|path| group_of(path, &self.lithos_root));
-            if let Some(group) = group.as_mut()
-                && group.container.is_none()
-            {
-                group.container.clone_from(&tracked.lithos_container);
+        if reread {
+            let cgroup_file = tracked.cgroup.read(&mut self.buffer).ok()?;
+            let hash = Some(hash_bytes(cgroup_file));
+            if hash != tracked.cgroup_hash {
+                let mut group = cgroup_path(&String::from_utf8_lossy(cgroup_file))
+                    .and_then(|path| group_of(path, &self.lithos_root));
+                if let Some(group) = group.as_mut()
+                    && group.container.is_none()
+                {
+                    group.container.clone_from(&tracked.lithos_container);
+                }
+                if group.as_ref().map(|g| &g.name) != tracked.group.as_ref().map(|g| &g.name) {
+                    tracked.keys = process_keys(pid, group.as_ref());
+                }
+                tracked.group = group.map(Arc::new);
+                tracked.cgroup_hash = hash;
             }
-            if group.as_ref().map(|g| &g.name) != tracked.group.as_ref().map(|g| &g.name) {
-                tracked.keys = process_keys(pid, group.as_ref());
-            }
-            tracked.group = group;
-            tracked.cgroup_file.clear();
-            tracked.cgroup_file.extend_from_slice(cgroup_file);
         }
         let group = tracked.group.clone();
         let start_time = stat.starttime * 1000 / self.ticks_per_second;
@@ -300,8 +379,8 @@ impl ProcessTable {
             ppid: stat.ppid,
             uid: status.uid,
             gid: status.gid,
-            name: stat.comm.clone(),
-            state: stat.state.to_string(),
+            name: Arc::clone(&tracked.comm),
+            state: stat.state,
             vsize: stat.vsize,
             rss: stat.rss * self.page_size,
             swap: status.swap_kb * 1024,
@@ -345,24 +424,32 @@ impl ProcessTable {
         let (cmdline, env) = read_image(&dir);
         self.tracked.insert(
             pid,
-            Tracked {
+            Box::new(Tracked {
                 start_time: stat.starttime,
                 stat: stat_file,
                 status,
                 io,
                 cgroup,
-                comm: stat.comm.clone(),
+                comm: stat.comm.as_str().into(),
                 cmdline,
-                app: env.app,
+                app: env.app.map(Arc::new),
                 lithos_container: env.lithos_container,
+                first_sweep: self.sweeps,
                 // Filled in by the first read.
-                cgroup_file: Vec::new(),
+                status_fields: None,
+                cgroup_hash: None,
                 group: None,
                 keys: process_keys(pid, None),
-            },
+            }),
         );
         Some(stat)
     }
+}
+
+/// A hash of a file's bytes, to notice a change without keeping them.
+fn hash_bytes(bytes: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(bytes)
 }
 
 /// Proc files the sweep may keep open: the open files limit less a reserve.
@@ -527,6 +614,8 @@ fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
 mod tests {
     use super::*;
 
+    const INTERVAL: Duration = Duration::from_secs(2);
+
     #[test]
     fn environment_variables() {
         let env = Environment::parse(
@@ -578,6 +667,133 @@ mod tests {
     }
 
     #[test]
+    fn reread_schedule() {
+        let schedule = RereadSchedule::for_interval(INTERVAL);
+        assert_eq!(
+            schedule,
+            RereadSchedule {
+                young: 5,
+                period: 15
+            }
+        );
+        assert_eq!(
+            RereadSchedule::for_interval(Duration::from_millis(700)),
+            RereadSchedule {
+                young: 15,
+                period: 43
+            }
+        );
+        assert_eq!(
+            RereadSchedule::for_interval(Duration::from_secs(60)),
+            RereadSchedule {
+                young: 1,
+                period: 1
+            }
+        );
+        // Young processes are read on every sweep.
+        for pid in [1, 2, 4242] {
+            assert!((10..15).all(|sweep| schedule.due(pid, 10, sweep)));
+        }
+        // Then once per period, whatever the pid.
+        for pid in 1..100 {
+            let reads: Vec<u64> = (15..60)
+                .filter(|&sweep| schedule.due(pid, 10, sweep))
+                .collect();
+            assert_eq!(reads.len(), 3, "pid {pid}: {reads:?}");
+            assert!(reads.windows(2).all(|w| w[1] - w[0] == 15));
+        }
+        // Processes started together (consecutive pids) share the sweeps out evenly.
+        for sweep in 100..115 {
+            let due = (1000..1150).filter(|&pid| schedule.due(pid, 0, sweep));
+            assert_eq!(due.count(), 10);
+        }
+    }
+
+    /// A `/proc` holding one process, whose files are rewritten in place (kept descriptors
+    /// read the new bytes).
+    struct FakeProc {
+        root: tempfile::TempDir,
+    }
+
+    impl FakeProc {
+        const PID: i32 = 4242;
+
+        fn new() -> Self {
+            let fake = Self {
+                root: tempfile::tempdir().unwrap(),
+            };
+            std::fs::create_dir(fake.root.path().join(Self::PID.to_string())).unwrap();
+            fake.write("stat", &Self::stat(100));
+            fake.write("status", &Self::status(1, 0));
+            fake.write("io", "read_bytes: 1\nwrite_bytes: 2\n");
+            fake.write("cgroup", "0::/system.slice/a.service\n");
+            fake.write("cmdline", "app\0");
+            fake.write("environ", "");
+            fake
+        }
+
+        fn write(&self, file: &str, text: &str) {
+            let path = self.root.path().join(Self::PID.to_string()).join(file);
+            std::fs::write(path, text).unwrap();
+        }
+
+        fn stat(rss_pages: u64) -> String {
+            format!(
+                "{} (app) S 1 1 1 0 -1 4194304 102 0 0 0 0 0 0 0 20 0 1 0 5000 3133440 {rss_pages} \
+                 18446744073709551615 1 1 1 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 1 1 1 1 1 1 1 0\n",
+                Self::PID
+            )
+        }
+
+        fn status(uid: u32, swap_kb: u64) -> String {
+            format!("Uid:\t{uid}\t{uid}\t{uid}\t{uid}\nGid:\t5\t5\t5\t5\nVmSwap:\t{swap_kb} kB\n")
+        }
+    }
+
+    #[test]
+    fn status_and_cgroup_are_read_on_schedule() {
+        let fake = FakeProc::new();
+        let mut table = ProcessTable::new(fake.root.path(), "lithos.slice", INTERVAL);
+        let schedule = table.schedule;
+        let sweep = |table: &mut ProcessTable| table.sweep(Some(1)).pop().unwrap().info;
+        let first = sweep(&mut table);
+        assert_eq!((first.cgroup.as_deref(), first.uid), (Some("system/a"), 1));
+        // While young, a move and a change of ids show on the next sweep.
+        fake.write("cgroup", "0::/system.slice/b.service\n");
+        fake.write("status", &FakeProc::status(7, 0));
+        let second = sweep(&mut table);
+        assert_eq!(
+            (second.cgroup.as_deref(), second.uid),
+            (Some("system/b"), 7)
+        );
+        while table.sweeps < schedule.young {
+            sweep(&mut table);
+        }
+        // Then on the process's turn, within a period; the test needs a sweep off its turn.
+        assert!(!schedule.due(FakeProc::PID, 1, schedule.young + 1));
+        fake.write("cgroup", "0::/system.slice/c.service\n");
+        fake.write("status", &FakeProc::status(8, 0));
+        let mut turn_came = false;
+        for _ in 0..schedule.period {
+            turn_came |= schedule.due(FakeProc::PID, 1, table.sweeps + 1);
+            let info = sweep(&mut table);
+            assert_eq!(info.cgroup.as_deref() == Some("system/c"), turn_came);
+            assert_eq!(info.uid == 8, turn_came);
+        }
+        assert!(turn_came);
+        // Off its turn, a change of rss (pages swapped out) reads status, and so VmSwap.
+        while schedule.due(FakeProc::PID, 1, table.sweeps + 1) {
+            sweep(&mut table);
+        }
+        fake.write("status", &FakeProc::status(8, 64));
+        assert_eq!(sweep(&mut table).swap, 0);
+        fake.write("stat", &FakeProc::stat(84));
+        let swapped = sweep(&mut table);
+        assert_eq!(swapped.swap, 64 * 1024);
+        assert_eq!(swapped.rss, 84 * table.page_size);
+    }
+
+    #[test]
     fn read_at_reads_files_longer_than_the_buffer() {
         use std::io::Write;
         let mut file = tempfile::tempfile().unwrap();
@@ -592,7 +808,7 @@ mod tests {
 
     #[test]
     fn sweeps_this_process_and_notices_exit() {
-        let mut table = ProcessTable::new("/proc", "lithos.slice");
+        let mut table = ProcessTable::new("/proc", "lithos.slice", INTERVAL);
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .env("CANTAL_PATH", "/nonexistent/app")
@@ -605,7 +821,7 @@ mod tests {
         assert!(mine.info.rss > 0);
         assert!(mine.info.num_threads >= 1);
         let sleeper = processes.iter().find(|p| p.info.pid == child_pid).unwrap();
-        assert_eq!(sleeper.info.name, "sleep");
+        assert_eq!(&*sleeper.info.name, "sleep");
         assert_eq!(&*sleeper.info.cmdline, "sleep 30");
         assert_eq!(
             sleeper.app.as_ref().map(|a| a.path.clone()),
@@ -643,9 +859,9 @@ mod tests {
             .spawn()
             .unwrap();
         let child_pid = i32::try_from(child.id()).unwrap();
-        let mut kept = ProcessTable::new("/proc", "lithos.slice");
+        let mut kept = ProcessTable::new("/proc", "lithos.slice", INTERVAL);
         let budget = kept.kept_budget;
-        let mut reopened = ProcessTable::new("/proc", "lithos.slice");
+        let mut reopened = ProcessTable::new("/proc", "lithos.slice", INTERVAL);
         reopened.kept_budget = 0;
         let find = |table: &mut ProcessTable| {
             table
@@ -666,14 +882,14 @@ mod tests {
         child.wait().unwrap();
         kept.sweep(Some(1));
         assert!(!kept.tracked.contains_key(&child_pid));
-        let held: usize = kept.tracked.values().map(Tracked::kept_files).sum();
+        let held: usize = kept.tracked.values().map(|t| t.kept_files()).sum();
         assert_eq!(kept.kept_budget + held, budget);
     }
 
     #[test]
     fn an_exec_is_seen_with_its_new_command_line() {
         use std::io::Write;
-        let mut table = ProcessTable::new("/proc", "lithos.slice");
+        let mut table = ProcessTable::new("/proc", "lithos.slice", INTERVAL);
         let mut child = std::process::Command::new("sh")
             .args(["-c", "read go; exec sleep 30"])
             .stdin(std::process::Stdio::piped())
@@ -694,7 +910,7 @@ mod tests {
         child.stdin.take().unwrap().write_all(b"go\n").unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut seen = find(&mut table);
-        while seen.as_ref().is_some_and(|(name, _)| name == "sh")
+        while seen.as_ref().is_some_and(|(name, _)| &**name == "sh")
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(std::time::Duration::from_millis(10));

@@ -86,7 +86,7 @@ impl pb::agent_server::Agent for AgentService {
                     event = events.recv() => event,
                 };
                 let message = match event {
-                    Ok(event) => Ok(pb::PeerEvent::from(event)),
+                    Ok(event) => Ok(pb::PeerEvent::from(Arc::unwrap_or_clone(event))),
                     // A subscriber that fell this far behind must resubscribe for a fresh
                     // snapshot rather than miss changes silently.
                     Err(broadcast::error::RecvError::Lagged(missed)) => Err(Status::data_loss(

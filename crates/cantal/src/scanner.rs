@@ -23,6 +23,8 @@ pub struct ScannerConfig {
     pub proc_root: PathBuf,
     /// First cgroup component of lithos containers.
     pub lithos_root: String,
+    /// Time between scans.
+    pub interval: Duration,
 }
 
 /// The result of one scan.
@@ -35,8 +37,9 @@ pub struct Scan {
     /// How long the per-process sweep (the `/proc` listing and each process's files) took.
     pub sweep_duration: Duration,
     pub boot_time_ms: Option<u64>,
-    pub samples: Vec<Sample>,
-    pub processes: Vec<ProcessInfo>,
+    /// Samples of the system, sockets, groups and apps; [`Scan::samples`] adds the processes'.
+    samples: Vec<Sample>,
+    pub processes: Vec<Process>,
     pub sockets: SocketSummary,
     /// App file pairs read this scan.
     pub app_files: usize,
@@ -72,7 +75,11 @@ struct GroupTotals {
 impl Scanner {
     pub fn new(config: ScannerConfig) -> Self {
         Self {
-            processes: ProcessTable::new(&config.proc_root, config.lithos_root.clone()),
+            processes: ProcessTable::new(
+                &config.proc_root,
+                config.lithos_root.clone(),
+                config.interval,
+            ),
             sockets: SocketReader::new(&config.proc_root),
             apps: AppReader::new(),
             previous_samples: 0,
@@ -89,11 +96,10 @@ impl Scanner {
         let sweep_started = Instant::now();
         let processes = self.processes.sweep(info.boot_time_ms);
         let sweep_duration = sweep_started.elapsed();
-        let mut groups: BTreeMap<Group, GroupTotals> = BTreeMap::new();
+        let mut groups: BTreeMap<&Group, GroupTotals> = BTreeMap::new();
         for process in &processes {
-            process_samples(process, &mut samples);
             if let Some(group) = &process.group {
-                groups.entry(group.clone()).or_default().add(&process.info);
+                groups.entry(group.as_ref()).or_default().add(&process.info);
             }
         }
         for (group, totals) in &groups {
@@ -107,7 +113,7 @@ impl Scanner {
             sweep_duration,
             boot_time_ms: info.boot_time_ms,
             samples,
-            processes: processes.into_iter().map(|p| p.info).collect(),
+            processes,
             sockets,
             app_files,
         }
@@ -171,7 +177,19 @@ impl Scanner {
     }
 }
 
-fn process_samples(process: &Process, out: &mut Vec<Sample>) {
+impl Scan {
+    /// Every sample of the scan. The processes' (most of them) are made from the process
+    /// records as they are read rather than stored: that saved a vector of about 9,000 samples
+    /// per scan, two of them alive while a scan replaces the latest.
+    pub fn samples(&self) -> impl Iterator<Item = (&SeriesKey, Value)> {
+        self.samples
+            .iter()
+            .map(|(key, value)| (key, value.clone()))
+            .chain(self.processes.iter().flat_map(process_samples))
+    }
+}
+
+fn process_samples(process: &Process) -> impl Iterator<Item = (&SeriesKey, Value)> {
     let info = &process.info;
     let io = info.read_bytes.zip(info.write_bytes);
     // In the order of PROCESS_METRICS.
@@ -185,11 +203,11 @@ fn process_samples(process: &Process, out: &mut Vec<Sample>) {
         io.map(|(read, _)| Value::Counter(read)),
         io.map(|(_, write)| Value::Counter(write)),
     ];
-    for (key, value) in process.keys.iter().zip(values) {
-        if let Some(value) = value {
-            out.push((key.clone(), value));
-        }
-    }
+    process
+        .keys
+        .iter()
+        .zip(values)
+        .filter_map(|(key, value)| Some((key, value?)))
 }
 
 fn level(value: u64) -> Value {
@@ -248,15 +266,15 @@ mod tests {
         let mut scanner = Scanner::new(ScannerConfig {
             proc_root: PathBuf::from("/proc"),
             lithos_root: "lithos.slice".to_owned(),
+            interval: Duration::from_secs(2),
         });
         let scan = scanner.scan(1_700_000_000_000);
         let me = std::process::id().to_string();
-        assert!(scan.samples.iter().any(|(k, _)| k.source == Source::Process
+        assert!(scan.samples().any(|(k, _)| k.source == Source::Process
             && k.metric() == "rss"
             && k.fields.get("pid") == Some(&me)));
         assert!(
-            scan.samples
-                .iter()
+            scan.samples()
                 .any(|(k, _)| k.source == Source::System && k.metric() == "cpu.user")
         );
         assert!(scan.processes.len() > 1);

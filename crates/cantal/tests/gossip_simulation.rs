@@ -78,7 +78,7 @@ impl Cluster {
                 if let PeerEvent::StateChanged {
                     state: PeerState::Dead,
                     ..
-                } = event
+                } = *event
                 {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
@@ -212,7 +212,7 @@ async fn crash_is_detected_within_ten_seconds() {
     );
     let mut states = Vec::new();
     while let Ok(event) = events.try_recv() {
-        if let PeerEvent::StateChanged { id, state, .. } = event {
+        if let PeerEvent::StateChanged { id, state, .. } = *event {
             assert_eq!(id, machine_id(2));
             states.push(state);
         }

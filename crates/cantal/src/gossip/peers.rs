@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use protocol::domain::{MachineId, Peer, PeerEvent, PeerState, Report};
@@ -334,7 +334,9 @@ fn prefer(candidate: &Member, current: &Member, shown: Option<&PeerEntry>) -> bo
 #[derive(Debug)]
 pub struct Peers {
     table: Mutex<PeerTable>,
-    events: broadcast::Sender<PeerEvent>,
+    /// Events are shared: the channel allocates all its slots at once, and a slot holding a
+    /// whole event made the buffer about 1 MB.
+    events: broadcast::Sender<Arc<PeerEvent>>,
 }
 
 impl Peers {
@@ -355,7 +357,7 @@ impl Peers {
     }
 
     /// The table now and every change after it, with nothing missed in between.
-    pub fn subscribe(&self) -> (Vec<Peer>, broadcast::Receiver<PeerEvent>) {
+    pub fn subscribe(&self) -> (Vec<Peer>, broadcast::Receiver<Arc<PeerEvent>>) {
         let table = self.lock();
         let receiver = self.events.subscribe();
         (
@@ -372,7 +374,7 @@ impl Peers {
         change(&mut table, &mut events);
         for event in events {
             // No subscribers is fine.
-            let _ = self.events.send(event);
+            let _ = self.events.send(Arc::new(event));
         }
     }
 }
@@ -541,6 +543,9 @@ mod tests {
                 events,
             );
         });
-        assert!(matches!(rx.try_recv(), Ok(PeerEvent::Removed(_))));
+        assert!(matches!(
+            rx.try_recv().as_deref(),
+            Ok(PeerEvent::Removed(_))
+        ));
     }
 }
