@@ -5,7 +5,8 @@
 #                cpuacct cgroup, all in one network namespace; CPU (cpuacct.usage) over
 #                M1_SECONDS after M1_WARMUP, then PSS summed over each cgroup's processes
 #   M2 sweep-1k  the agent's own sweep timer (`cantal_agent_process_sweep_duration_seconds`:
-#                the /proc listing and each process's stat, status, io and cgroup; best of
+#                the /proc listing, each process's stat and io, and status and cgroup when
+#                due (young or recently exec'd processes, then each every 30 s); best of
 #                M2_SCANS scans at a 500 ms interval; the whole scan's timer is reported too)
 #                with and without the 1000 sleepers, per process; against a C floor compiled here (best of 10 sweeps of /proc:
 #                open/read/close of stat; of stat+status+io; stat+status+io on kept fds)
@@ -386,7 +387,7 @@ procs_without=$m2_procs
     echo
     echo "## M2 sweep-$procs"
     echo
-    echo "Agent: \`--interval 500\`, best of $m2_scans scans of \`cantal_agent_process_sweep_duration_seconds\` (the /proc listing and each process's stat, status, io and cgroup), and of \`cantal_agent_scan_duration_seconds\` (the whole scan: system files, TCP sockets, the sweep, groups, app files)."
+    echo "Agent: \`--interval 500\`, best of $m2_scans scans of \`cantal_agent_process_sweep_duration_seconds\` (the /proc listing, each process's stat and io, and its status and cgroup when due: every scan for its first 10 s and after an exec, then once per 30 s), and of \`cantal_agent_scan_duration_seconds\` (the whole scan: system files, TCP sockets, the sweep, groups, app files)."
     echo "Floor: \`floor MODE 10\` (best of 10 sweeps), run with the sleepers present. Load average at start: $m2_load."
     echo
     echo "| Measured | Processes | Best (ms) | µs per process |"
