@@ -90,16 +90,12 @@ fn now_ms() -> u64 {
 
 /// Addresses of this host's interfaces (loopback only when there is nothing else).
 pub fn interface_addresses() -> Vec<IpAddr> {
-    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else {
+    let Ok(interfaces) = isolation::net::interfaces() else {
         return Vec::new();
     };
     let mut addrs: Vec<IpAddr> = interfaces
-        .filter_map(|i| {
-            let addr = i.address?;
-            addr.as_sockaddr_in()
-                .map(|a| IpAddr::V4(a.ip()))
-                .or_else(|| addr.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip())))
-        })
+        .into_iter()
+        .map(|i| i.address)
         .filter(|ip| !ip.is_unspecified())
         .collect();
     addrs.sort();

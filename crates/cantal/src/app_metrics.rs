@@ -10,18 +10,14 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use libcantal::format::{
     MAX_META_SIZE, MAX_VALUES_SIZE, Meta, MetaError, Name, ShortValues, parse_meta,
 };
-use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
-use nix::sys::stat::Mode;
 
 use crate::log_limit::LogLimit;
 
@@ -107,14 +103,10 @@ impl AppReader {
     pub fn read(&mut self, root: &Path, source: &AppSource) -> Result<AppValues, AppFileError> {
         let meta_path = with_suffix(&source.path, ".meta");
         let values_path = with_suffix(&source.path, ".values");
-        let root_dir = File::options()
-            .read(true)
-            .custom_flags(libc_o_directory())
-            .open(root)
-            .map_err(|source| AppFileError::Open {
-                path: root.to_owned(),
-                source,
-            })?;
+        let root_dir = isolation::fs::open_dir(root).map_err(|e| AppFileError::Open {
+            path: root.to_owned(),
+            source: io::Error::from_raw_os_error(e.raw_os_error()),
+        })?;
         let meta = self.meta(root, &root_dir, &meta_path)?;
         let values_file = self.open(root, &root_dir, &values_path)?;
         let stat = values_file
@@ -240,12 +232,12 @@ impl AppReader {
     }
 
     fn open(&mut self, root: &Path, root_dir: &File, path: &Path) -> Result<File, AppFileError> {
-        open_in_root(root_dir, path).map_err(|source| {
-            // A symlink or a path escaping the root is refused by the kernel with ELOOP or
-            // EXDEV; that deserves one warning while it lasts (the process is still there next
-            // scan). A missing file is the normal state of an app that has not started yet.
-            let refused = matches!(source.raw_os_error(), Some(code) if code == Errno::ELOOP as i32 || code == Errno::EXDEV as i32);
-            if refused {
+        isolation::fs::open_in_root(root_dir, path).map_err(|error| {
+            // A symlink or a path escaping the root deserves one warning while it lasts (the
+            // process is still there next scan). A missing file is the normal state of an app
+            // that has not started yet.
+            let source = io::Error::from_raw_os_error(error.raw_os_error());
+            if error.is_refused_link() {
                 let seen_at = root.join(path.strip_prefix("/").unwrap_or(path));
                 self.refused_this_scan.insert(seen_at.clone());
                 if self.refused_warned.insert(seen_at)
@@ -270,65 +262,11 @@ impl AppReader {
     }
 }
 
-fn libc_o_directory() -> i32 {
-    OFlag::O_DIRECTORY.bits()
-}
-
 /// `path` (absolute or relative) + `suffix`, as writers name their files.
 pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = OsString::from(path.as_os_str());
     name.push(suffix);
     PathBuf::from(name)
-}
-
-/// Opens `path` for reading as if `root_dir` were `/`, following no symlink in the last
-/// component and no magic link anywhere.
-pub fn open_in_root(root_dir: &File, path: &Path) -> io::Result<File> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    match openat2(root_dir.as_fd(), path, how) {
-        Ok(fd) => Ok(File::from(fd)),
-        Err(Errno::ENOSYS) => walk_in_root(root_dir, path),
-        Err(errno) => Err(errno.into()),
-    }
-}
-
-/// The fallback for kernels without `openat2`: one component at a time, refusing `..` and
-/// every symlink (stricter than `RESOLVE_IN_ROOT`, which may follow links inside the root).
-fn walk_in_root(root_dir: &File, path: &Path) -> io::Result<File> {
-    let names: Vec<&std::ffi::OsStr> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(name) => Some(Ok(name)),
-            Component::RootDir | Component::CurDir => None,
-            Component::ParentDir | Component::Prefix(_) => {
-                Some(Err(io::Error::from(io::ErrorKind::PermissionDenied)))
-            }
-        })
-        .collect::<io::Result<_>>()?;
-    let Some((last, dirs)) = names.split_last() else {
-        return Err(io::ErrorKind::InvalidInput.into());
-    };
-    let mut dir: Option<OwnedFd> = None;
-    for name in dirs {
-        let parent = dir.as_ref().map_or(root_dir.as_fd(), |d| d.as_fd());
-        let next = openat(
-            parent,
-            *name,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )?;
-        dir = Some(next);
-    }
-    let parent = dir.as_ref().map_or(root_dir.as_fd(), |d| d.as_fd());
-    let fd = openat(
-        parent,
-        *last,
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
-    Ok(File::from(fd))
 }
 
 #[cfg(test)]
@@ -490,17 +428,5 @@ mod tests {
             Ok(values) => assert_ne!(values[0].0["metric"], "outside"),
             Err(e) => assert!(matches!(e, AppFileError::Open { .. })),
         }
-    }
-
-    #[test]
-    fn fallback_walk_refuses_links_and_parents() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir(dir.path().join("d")).unwrap();
-        fs::write(dir.path().join("d/f"), "x").unwrap();
-        std::os::unix::fs::symlink("d", dir.path().join("l")).unwrap();
-        let root = File::open(dir.path()).unwrap();
-        assert!(walk_in_root(&root, Path::new("/d/f")).is_ok());
-        assert!(walk_in_root(&root, Path::new("l/f")).is_err());
-        assert!(walk_in_root(&root, Path::new("d/../d/f")).is_err());
     }
 }

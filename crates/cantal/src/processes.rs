@@ -154,7 +154,7 @@ impl ProcFile {
                 *budget -= 1;
                 Ok(Self::Kept(file))
             }
-            Err(e) if is_out_of_descriptors(&e) => Ok(Self::Reopened(path)),
+            Err(e) if isolation::limits::is_out_of_descriptors(&e) => Ok(Self::Reopened(path)),
             Err(e) => Err(e),
         }
     }
@@ -171,21 +171,13 @@ impl ProcFile {
     }
 }
 
-/// EMFILE or ENFILE: the process or the system has no descriptor left.
-fn is_out_of_descriptors(error: &io::Error) -> bool {
-    matches!(
-        error.raw_os_error(),
-        Some(code) if code == nix::errno::Errno::EMFILE as i32 || code == nix::errno::Errno::ENFILE as i32
-    )
-}
-
 /// Raises the soft limit on open files to the hard limit: the sweep keeps four descriptors
 /// per process, and the usual soft limit of 1024 would cover about 190 processes.
 pub fn raise_open_files_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+    use isolation::limits::{OpenFiles, open_files, set_open_files};
+    match open_files() {
+        Ok(OpenFiles { soft, hard }) if soft < hard => {
+            if let Err(e) = set_open_files(hard) {
                 tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit");
             }
         }
@@ -454,8 +446,7 @@ fn hash_bytes(bytes: &[u8]) -> u64 {
 
 /// Proc files the sweep may keep open: the open files limit less a reserve.
 fn keepable_files() -> usize {
-    use nix::sys::resource::{Resource, getrlimit};
-    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+    let soft = isolation::limits::open_files().map_or(1024, |limits| limits.soft);
     usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX)
 }
 

@@ -429,6 +429,6 @@ mod tests {
         }
         assert!(netlink.v4.by_state["LISTEN"] >= 1);
         assert!(netlink.v4.by_state["ESTABLISHED"] >= 4);
-        assert!(netlink.v4.by_uid[&nix::unistd::getuid().as_raw()] >= 1);
+        assert!(netlink.v4.by_uid[&isolation::user::real_uid()] >= 1);
     }
 }

@@ -166,8 +166,8 @@ async fn cluster_reforms_from_peers_json() {
 
     // Stop all at once (SIGTERM), then wait for each: each saves peers.json on the way out.
     for agent in &agents {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.child.id()).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let pid = i32::try_from(agent.child.id()).unwrap();
+        isolation::signal::send(pid, isolation::Signal::SIGTERM).unwrap();
     }
     for agent in &mut agents {
         assert_eq!(agent.stop(), Some(0), "{}", agent.log());

@@ -1,10 +1,14 @@
 //! File system calls std has no wrapper for.
 
-use std::path::{Path, PathBuf};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use nix::fcntl::AT_FDCWD;
-use nix::sys::stat::{UtimensatFlags, utimensat};
+use nix::errno::Errno;
+use nix::fcntl::{AT_FDCWD, OFlag, OpenHow, ResolveFlag, open, openat, openat2};
+use nix::sys::stat::{Mode, UtimensatFlags, utimensat};
 use nix::sys::time::TimeSpec;
 
 use crate::error::OsReason;
@@ -15,6 +19,102 @@ pub enum FsError {
     /// `utimensat` failed.
     #[error("set times of {}: {reason}", path.display())]
     SetTimes { path: PathBuf, reason: OsReason },
+    /// `open(O_DIRECTORY)` failed (missing, not a directory, not permitted).
+    #[error("open directory {}: {reason}", path.display())]
+    OpenDir { path: PathBuf, reason: OsReason },
+    /// Opening a path inside a root directory failed, or was refused.
+    #[error("open {} inside a root: {reason}", path.display())]
+    OpenInRoot { path: PathBuf, reason: OsReason },
+}
+
+impl FsError {
+    /// The OS error code, for callers that report failures as [`std::io::Error`].
+    pub fn raw_os_error(&self) -> i32 {
+        let (Self::SetTimes { reason, .. }
+        | Self::OpenDir { reason, .. }
+        | Self::OpenInRoot { reason, .. }) = self;
+        reason.0 as i32
+    }
+
+    /// Whether [`open_in_root`] was refused a symlink, a magic link or a path escaping the
+    /// root (ELOOP, EXDEV), rather than finding nothing there.
+    pub fn is_refused_link(&self) -> bool {
+        matches!(
+            self,
+            Self::OpenInRoot {
+                reason: OsReason(Errno::ELOOP | Errno::EXDEV),
+                ..
+            }
+        )
+    }
+}
+
+/// Opens directory `path` for reading (failing on anything else), to open files inside it.
+pub fn open_dir(path: &Path) -> Result<File, FsError> {
+    open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map(File::from)
+    .map_err(|e| FsError::OpenDir {
+        path: path.to_owned(),
+        reason: OsReason(e),
+    })
+}
+
+/// Opens `path` (absolute or relative) for reading as if `root_dir` were `/`, following no
+/// symlink in the last component and no magic link anywhere: `openat2(RESOLVE_IN_ROOT |
+/// RESOLVE_NO_MAGICLINKS)` with `O_NOFOLLOW`.
+pub fn open_in_root(root_dir: &File, path: &Path) -> Result<File, FsError> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    match openat2(root_dir.as_fd(), path, how) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(Errno::ENOSYS) => walk_in_root(root_dir, path),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| FsError::OpenInRoot {
+        path: path.to_owned(),
+        reason: OsReason(e),
+    })
+}
+
+/// The fallback for kernels without `openat2`: one component at a time, refusing `..`
+/// (EACCES) and every symlink (stricter than `RESOLVE_IN_ROOT`, which may follow links inside
+/// the root).
+fn walk_in_root(root_dir: &File, path: &Path) -> Result<File, Errno> {
+    let names: Vec<&OsStr> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(Ok(name)),
+            Component::RootDir | Component::CurDir => None,
+            Component::ParentDir | Component::Prefix(_) => Some(Err(Errno::EACCES)),
+        })
+        .collect::<Result<_, _>>()?;
+    let Some((last, dirs)) = names.split_last() else {
+        return Err(Errno::EINVAL);
+    };
+    let mut dir: Option<OwnedFd> = None;
+    for name in dirs {
+        let parent = dir.as_ref().map_or(root_dir.as_fd(), |d| d.as_fd());
+        let next = openat(
+            parent,
+            *name,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        dir = Some(next);
+    }
+    let parent = dir.as_ref().map_or(root_dir.as_fd(), |d| d.as_fd());
+    let fd = openat(
+        parent,
+        *last,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(File::from(fd))
 }
 
 /// Sets the access and modification times of `path` itself: a symlink gets its own times
@@ -71,6 +171,75 @@ mod tests {
         assert_eq!(
             std::fs::metadata(&target).unwrap().modified().unwrap(),
             target_before
+        );
+    }
+
+    /// `root/d/f` holding "x", `root/l` -> `d`, `root/lf` -> `d/f`.
+    fn tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("d/f"), "x").unwrap();
+        std::os::unix::fs::symlink("d", dir.path().join("l")).unwrap();
+        std::os::unix::fs::symlink("d/f", dir.path().join("lf")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn opens_inside_the_root_and_refuses_links_in_the_last_component() {
+        use std::io::Read;
+        let dir = tree();
+        let root = open_dir(dir.path()).unwrap();
+        let mut text = String::new();
+        open_in_root(&root, Path::new("/d/f"))
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "x");
+        // `..` at the root stays at the root, as in a chroot.
+        assert!(open_in_root(&root, Path::new("/../../d/f")).is_ok());
+        let err = open_in_root(&root, Path::new("lf")).unwrap_err();
+        assert!(err.is_refused_link(), "{err}");
+        assert_eq!(err.raw_os_error(), Errno::ELOOP as i32);
+        let err = open_in_root(&root, Path::new("d/missing")).unwrap_err();
+        assert!(!err.is_refused_link());
+        assert_eq!(
+            err.to_string(),
+            "open d/missing inside a root: no such file or directory"
+        );
+    }
+
+    #[test]
+    fn the_fallback_walk_refuses_links_and_parents() {
+        let dir = tree();
+        let root = open_dir(dir.path()).unwrap();
+        assert!(walk_in_root(&root, Path::new("/d/f")).is_ok());
+        // A symlink where a directory is expected: `O_DIRECTORY | O_NOFOLLOW` gives ENOTDIR.
+        assert_eq!(
+            walk_in_root(&root, Path::new("l/f")).unwrap_err(),
+            Errno::ENOTDIR
+        );
+        assert_eq!(
+            walk_in_root(&root, Path::new("lf")).unwrap_err(),
+            Errno::ELOOP
+        );
+        assert_eq!(
+            walk_in_root(&root, Path::new("d/../d/f")).unwrap_err(),
+            Errno::EACCES
+        );
+        assert_eq!(
+            walk_in_root(&root, Path::new("/")).unwrap_err(),
+            Errno::EINVAL
+        );
+    }
+
+    #[test]
+    fn open_dir_refuses_files() {
+        let dir = tree();
+        let file = dir.path().join("d/f");
+        let err = open_dir(&file).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("open directory {}: not a directory", file.display())
         );
     }
 

@@ -30,6 +30,8 @@ pub mod fs;
 pub mod host;
 mod idmap;
 mod init;
+pub mod limits;
+pub mod net;
 mod netns;
 pub mod pidfd;
 mod plan;

@@ -106,7 +106,7 @@ fn resolve_joins(joins: &[String]) -> Vec<SocketAddr> {
 
 fn config(args: Args) -> anyhow::Result<AgentConfig> {
     let machine_id = machine_id(&args)?;
-    let hostname = nix::unistd::gethostname()
+    let hostname = isolation::host::name()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".to_owned());
     let cluster_name = match (args.cluster_name, args.n) {

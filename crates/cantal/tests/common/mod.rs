@@ -15,7 +15,7 @@ pub const CLI: &str = env!("CARGO_BIN_EXE_cantal");
 
 /// Whether the test runs as root; root-only tests print why they skip.
 pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+    isolation::user::effective_uid() == 0
 }
 
 /// A loopback port free for both TCP and UDP right now.
@@ -81,8 +81,8 @@ impl Agent {
 
     /// Sends SIGTERM and returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let pid = i32::try_from(self.child.id()).unwrap();
+        isolation::signal::send(pid, isolation::Signal::SIGTERM).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
