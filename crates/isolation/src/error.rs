@@ -261,6 +261,8 @@ pub enum FdError {
     AlreadyClaimed(i32),
     #[error("inspect fd {fd}: {reason}")]
     Inspect { fd: i32, reason: OsReason },
+    #[error("keep fd {fd} open across exec: {reason}")]
+    KeepAcrossExec { fd: i32, reason: OsReason },
 }
 
 /// Installing the re-exec on fatal signals failed.

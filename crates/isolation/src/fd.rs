@@ -2,11 +2,11 @@
 //! supervisor that re-executed itself finds its listening sockets this way).
 
 use std::collections::HashSet;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, fcntl};
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 
 use crate::error::{FdError, OsReason};
 
@@ -45,10 +45,31 @@ pub fn claim_inherited(fd: RawFd) -> Result<OwnedFd, FdError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Clears close-on-exec on `fd`: a program this process executes (itself, re-executed)
+/// finds it open at the same number.
+pub fn keep_across_exec(fd: BorrowedFd<'_>) -> Result<(), FdError> {
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))
+        .map(drop)
+        .map_err(|e| FdError::KeepAcrossExec {
+            fd: fd.as_raw_fd(),
+            reason: OsReason(e),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::{AsRawFd, IntoRawFd};
+    use std::os::fd::{AsFd, IntoRawFd};
+
+    #[test]
+    fn kept_descriptors_lose_close_on_exec() {
+        // std opens everything close-on-exec.
+        let (reader, _writer) = std::io::pipe().unwrap();
+        let flags = |fd| FdFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFD).unwrap());
+        assert!(flags(reader.as_fd()).contains(FdFlag::FD_CLOEXEC));
+        keep_across_exec(reader.as_fd()).unwrap();
+        assert!(!flags(reader.as_fd()).contains(FdFlag::FD_CLOEXEC));
+    }
 
     #[test]
     fn claims_once_and_refuses_stdio_and_closed_numbers() {

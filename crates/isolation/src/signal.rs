@@ -1,7 +1,11 @@
 //! Signals to processes by pid, for processes this process holds no pidfd for (pids read
-//! from files, processes started by `std::process`).
+//! from files, processes started by `std::process`); blocking signals of this thread and
+//! reading blocked ones from a descriptor.
 
-use nix::sys::signal::{Signal, kill, killpg};
+use std::os::fd::{AsFd, BorrowedFd};
+
+use nix::sys::signal::{SigSet, Signal, kill, killpg};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
 
 use crate::error::OsReason;
@@ -26,6 +30,91 @@ pub enum SignalError {
         signal: Signal,
         reason: OsReason,
     },
+    #[error("block signals {signals:?}: {reason}")]
+    Block {
+        signals: Vec<Signal>,
+        reason: OsReason,
+    },
+    #[error("unblock signals {signals:?}: {reason}")]
+    Unblock {
+        signals: Vec<Signal>,
+        reason: OsReason,
+    },
+    #[error("open a signal queue for {signals:?}: {reason}")]
+    Queue {
+        signals: Vec<Signal>,
+        reason: OsReason,
+    },
+}
+
+fn set_of(signals: &[Signal]) -> SigSet {
+    let mut set = SigSet::empty();
+    for s in signals {
+        set.add(*s);
+    }
+    set
+}
+
+/// Blocks `signals` in the calling thread (threads started later inherit the mask; so does
+/// a program it executes).
+pub fn block(signals: &[Signal]) -> Result<(), SignalError> {
+    set_of(signals)
+        .thread_block()
+        .map_err(|e| SignalError::Block {
+            signals: signals.to_vec(),
+            reason: OsReason(e),
+        })
+}
+
+/// Unblocks `signals` in the calling thread; pending ones are delivered now.
+pub fn unblock(signals: &[Signal]) -> Result<(), SignalError> {
+    set_of(signals)
+        .thread_unblock()
+        .map_err(|e| SignalError::Unblock {
+            signals: signals.to_vec(),
+            reason: OsReason(e),
+        })
+}
+
+/// Signals blocked in the calling thread and queued for reading instead of handled
+/// (signalfd): readable while one is pending, for polling next to other descriptors.
+#[derive(Debug)]
+pub struct Queue {
+    fd: SignalFd,
+}
+
+impl Queue {
+    /// Blocks `signals` in the calling thread and opens the queue for them (close-on-exec,
+    /// non-blocking).
+    pub fn new(signals: &[Signal]) -> Result<Queue, SignalError> {
+        block(signals)?;
+        let fd = SignalFd::with_flags(
+            &set_of(signals),
+            SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
+        )
+        .map_err(|e| SignalError::Queue {
+            signals: signals.to_vec(),
+            reason: OsReason(e),
+        })?;
+        Ok(Queue { fd })
+    }
+
+    /// The next pending signal, or `None` when none is pending (or reading fails).
+    pub fn next(&self) -> Option<Signal> {
+        loop {
+            let info = self.fd.read_signal().ok()??;
+            // A number outside nix's list (a real-time signal) is skipped.
+            if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
+                return Some(signal);
+            }
+        }
+    }
+}
+
+impl AsFd for Queue {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
 /// Sends `signal` to process `pid`.
@@ -115,6 +204,28 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         panic!("sleep {sleeper} outlived its group's SIGKILL");
+    }
+
+    #[test]
+    fn blocked_signals_queue_until_read() {
+        // A thread of its own: the mask is per thread and must not leak into other tests.
+        std::thread::spawn(|| {
+            let queue = Queue::new(&[Signal::SIGUSR2, Signal::SIGWINCH]).unwrap();
+            assert_eq!(queue.next(), None);
+            // raise targets this thread, where the signals are blocked.
+            nix::sys::signal::raise(Signal::SIGUSR2).unwrap();
+            nix::sys::signal::raise(Signal::SIGWINCH).unwrap();
+            let mut got = [queue.next(), queue.next()];
+            got.sort_by_key(|s| s.map(|s| s as i32));
+            assert_eq!(got, [Some(Signal::SIGUSR2), Some(Signal::SIGWINCH)]);
+            assert_eq!(queue.next(), None);
+            unblock(&[Signal::SIGWINCH]).unwrap();
+            // Unblocked SIGWINCH is delivered (default: ignored), no longer queued.
+            nix::sys::signal::raise(Signal::SIGWINCH).unwrap();
+            assert_eq!(queue.next(), None);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The ids this process runs as, and user and group names from the system's databases
 //! (`/etc/passwd`, `/etc/group` or whatever NSS is configured with).
 
-use nix::unistd::{Gid, Group, Uid, User, getegid, geteuid, getgid, getuid};
+use nix::unistd::{Gid, Group, Uid, User, getegid, geteuid, getgid, getuid, setfsuid};
 
 use crate::error::OsReason;
 
@@ -26,6 +26,16 @@ pub fn real_uid() -> u32 {
 /// The effective user id: whose permissions this process has (0 means root).
 pub fn effective_uid() -> u32 {
     geteuid().as_raw()
+}
+
+/// Runs `create` with the calling thread's filesystem uid set to `owner`, so what it creates
+/// (files, sockets) belongs to `owner`; the previous fsuid is restored after. Without the
+/// privilege to change it the fsuid silently stays.
+pub fn creating_as<T>(owner: u32, create: impl FnOnce() -> T) -> T {
+    let previous = setfsuid(Uid::from_raw(owner));
+    let result = create();
+    setfsuid(previous);
+    result
 }
 
 /// The real group id.
@@ -82,6 +92,26 @@ pub fn group_id(name: &str) -> Result<Option<u32>, UserError> {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn files_created_under_another_fsuid_belong_to_it() {
+        if effective_uid() != 0 {
+            // Without the privilege the fsuid cannot change; root-only.
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let theirs = dir.path().join("theirs");
+        creating_as(1234, || std::fs::write(&theirs, "")).unwrap();
+        let mine = dir.path().join("mine");
+        std::fs::write(&mine, "").unwrap();
+        assert_eq!(std::fs::metadata(theirs).unwrap().uid(), 1234);
+        assert_eq!(std::fs::metadata(mine).unwrap().uid(), 0);
+    }
 
     #[test]
     fn ids_match_what_the_kernel_reports_for_this_process() {

@@ -60,7 +60,7 @@ pub fn sandbox(master: &Master, name: &str, processes: Option<&Path>, report: &m
 
 /// Checks the host and every sandbox (or one, with an alternate processes file).
 pub fn all(master: &Master, only: Option<(&str, Option<&Path>)>, report: &mut Report) {
-    let hostname = nix::unistd::gethostname()
+    let hostname = isolation::host::name()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
     if std::net::ToSocketAddrs::to_socket_addrs(&(hostname.as_str(), 0)).is_err() {

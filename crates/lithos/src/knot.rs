@@ -11,10 +11,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use isolation::signal::{Queue, SignalError};
 use isolation::{Child, Container, IdMap, MapWriter, Signal, Stdio, UserNamespace, Volume};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::SigSet;
-use nix::sys::signalfd::{SfdFlags, SignalFd};
 use tracing::{error, info, warn};
 
 use crate::backoff::{Backoff, Decision};
@@ -47,7 +45,7 @@ pub enum SetupError {
     #[error("start container: {0}")]
     Spawn(#[from] isolation::SpawnError),
     #[error("signals: {0}")]
-    Signals(nix::Error),
+    Signals(SignalError),
     #[error("unknown capability {0}")]
     Capability(String),
 }
@@ -142,7 +140,7 @@ fn etc_file(plan: &EtcFilePlan, hosts: bool) -> String {
             text.push_str("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n");
         }
         if plan.public_hostname
-            && let Ok(name) = nix::unistd::gethostname()
+            && let Ok(name) = isolation::host::name()
         {
             let name = name.to_string_lossy().into_owned();
             let ip = std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 0))
@@ -389,20 +387,15 @@ pub fn inherited_sockets(c: &InstanceConfig) -> Result<Vec<(SocketPlan, OwnedFd)
 }
 
 /// Signals the knot handles; blocked so they queue on the signalfd from the start.
-pub fn block_signals() -> Result<SignalFd, SetupError> {
-    let mut set = SigSet::empty();
-    for s in [
+pub fn block_signals() -> Result<Queue, SetupError> {
+    Queue::new(&[
         Signal::SIGTERM,
         Signal::SIGINT,
         Signal::SIGCHLD,
         Signal::SIGHUP,
         Signal::SIGQUIT,
-    ] {
-        set.add(s);
-    }
-    set.thread_block().map_err(SetupError::Signals)?;
-    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(SetupError::Signals)
+    ])
+    .map_err(SetupError::Signals)
 }
 
 /// What the knot was asked to do through signals so far.
@@ -412,14 +405,21 @@ struct Requests {
     interrupt: bool,
 }
 
-fn drain(signals: &SignalFd, req: &mut Requests) {
-    while let Ok(Some(info)) = signals.read_signal() {
-        match Signal::try_from(info.ssi_signo as i32) {
-            Ok(Signal::SIGTERM) => req.terminate = true,
-            Ok(Signal::SIGINT) => req.interrupt = true,
+fn drain(signals: &Queue, req: &mut Requests) {
+    while let Some(signal) = signals.next() {
+        match signal {
+            Signal::SIGTERM => req.terminate = true,
+            Signal::SIGINT => req.interrupt = true,
             _ => {}
         }
     }
+}
+
+/// Time left until `at`, capped at a minute and a millisecond late rather than early.
+fn until(at: Instant) -> Duration {
+    at.saturating_duration_since(Instant::now())
+        .min(Duration::from_secs(60))
+        + Duration::from_millis(1)
 }
 
 /// Waits until the container ends, forwarding SIGTERM and enforcing the kill timeout.
@@ -427,7 +427,7 @@ fn drain(signals: &SignalFd, req: &mut Requests) {
 fn supervise(
     c: &InstanceConfig,
     child: &mut Child,
-    signals: &SignalFd,
+    signals: &Queue,
     req: &mut Requests,
 ) -> (isolation::ExitStatus, bool, bool) {
     let kill_timeout = Duration::from_secs_f64(c.kill_timeout.max(0.0));
@@ -449,22 +449,8 @@ fn supervise(
             killed = true;
             deadline = None;
         }
-        let timeout = match deadline {
-            Some(d) => PollTimeout::try_from(
-                d.saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .min(60_000) as i32
-                    + 1,
-            )
-            .unwrap_or(PollTimeout::MAX),
-            None => PollTimeout::NONE,
-        };
-        let mut fds = [
-            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
-            PollFd::new(child.pidfd(), PollFlags::POLLIN),
-        ];
-        let _ = poll(&mut fds, timeout);
-        let ended = fds[1].revents().is_some_and(|r| !r.is_empty());
+        let ended = isolation::poll::ready(&[signals.as_fd(), child.pidfd()], deadline.map(until))
+            .is_ok_and(|ready| ready[1]);
         if ended {
             let dirs: Vec<_> = child
                 .cgroup()
@@ -572,7 +558,7 @@ pub enum Caller {
 pub fn run(
     c: &InstanceConfig,
     sockets: Vec<(SocketPlan, OwnedFd)>,
-    signals: &SignalFd,
+    signals: &Queue,
     caller: Caller,
 ) -> Outcome {
     let started = Instant::now();
@@ -681,16 +667,7 @@ pub fn run(
         };
         // Wait for the next start, still answering SIGTERM.
         while Instant::now() < at && !req.terminate && !req.interrupt {
-            let left = at
-                .saturating_duration_since(Instant::now())
-                .as_millis()
-                .min(60_000) as i32
-                + 1;
-            let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-            let _ = poll(
-                &mut fds,
-                PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
-            );
+            let _ = isolation::poll::ready(&[signals.as_fd()], Some(until(at)));
             drain(signals, &mut req);
         }
         if req.terminate || req.interrupt {

@@ -129,25 +129,13 @@ pub fn advertise(exe: &Path, argv: &[std::ffi::OsString], default: &Path) {
     if std::env::var_os("CANTAL_PATH").is_some() {
         return;
     }
-    use std::os::unix::ffi::OsStrExt;
-    let cstring = |s: &std::ffi::OsStr| std::ffi::CString::new(s.as_bytes()).unwrap_or_default();
-    let mut env: Vec<std::ffi::CString> = std::env::vars_os()
-        .map(|(k, v)| {
-            let mut kv = k;
-            kv.push("=");
-            kv.push(v);
-            cstring(&kv)
-        })
-        .collect();
-    let mut path = std::ffi::OsString::from("CANTAL_PATH=");
-    path.push(default);
-    env.push(cstring(&path));
+    let mut env: Vec<_> = std::env::vars_os().collect();
+    env.push(("CANTAL_PATH".into(), default.into()));
     if std::env::var_os("CANTAL_APPNAME").is_none() {
-        env.push(cstring("CANTAL_APPNAME=lithos".as_ref()));
+        env.push(("CANTAL_APPNAME".into(), "lithos".into()));
     }
-    let args: Vec<std::ffi::CString> = argv.iter().map(|a| cstring(a)).collect();
     // On failure the tree runs on without advertising its metrics.
-    let _ = nix::unistd::execve(&cstring(exe.as_os_str()), &args, &env);
+    let _ = isolation::exec::replace(exe, argv, env);
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
-use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use socket2::{Domain, Socket, Type};
 
 use crate::instance::SocketPlan;
@@ -21,10 +20,10 @@ pub enum SocketError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("keep the socket for {addr} open across exec: {source}")]
+    #[error("socket for {addr}: {source}")]
     KeepAcrossExec {
         addr: SocketAddr,
-        source: nix::Error,
+        source: isolation::FdError,
     },
 }
 
@@ -41,9 +40,9 @@ pub fn bind(plan: &SocketPlan, owner: u32) -> Result<OwnedFd, SocketError> {
         source,
     };
     // The socket's owner is the fsuid of the thread creating it.
-    let previous = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(owner));
-    let socket = Socket::new(Domain::for_address(plan.addr), Type::STREAM, None);
-    nix::unistd::setfsuid(previous);
+    let socket = isolation::user::creating_as(owner, || {
+        Socket::new(Domain::for_address(plan.addr), Type::STREAM, None)
+    });
     let socket = socket.map_err(err)?;
     socket.set_reuse_address(plan.reuse_addr).map_err(err)?;
     if plan.reuse_port {
@@ -69,8 +68,7 @@ pub fn listening_addr(fd: BorrowedFd<'_>) -> Option<SocketAddr> {
 }
 
 fn keep_across_exec(addr: SocketAddr, fd: &OwnedFd) -> Result<(), SocketError> {
-    fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::empty()))
-        .map(drop)
+    isolation::fd::keep_across_exec(fd.as_fd())
         .map_err(|source| SocketError::KeepAcrossExec { addr, source })
 }
 
@@ -183,7 +181,7 @@ mod tests {
     fn bound_sockets_listen_and_are_shared_by_address() {
         let mut sockets = Sockets::default();
         let fd = sockets
-            .ensure(&plan(0), nix::unistd::getuid().as_raw())
+            .ensure(&plan(0), isolation::user::real_uid())
             .unwrap();
         assert_eq!(
             close_on_exec(fd.as_raw_fd()),

@@ -83,11 +83,7 @@ pub async fn switch(master: &Master, sandbox: &str, file: &Path) -> Result<Switc
         .ok()
         .and_then(|t| t.trim().parse::<i32>().ok());
     if let Some(pid) = pid
-        && nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGQUIT,
-        )
-        .is_ok()
+        && isolation::signal::send(pid, isolation::Signal::SIGQUIT).is_ok()
     {
         return Ok(Switched::Signalled(pid));
     }

@@ -3,7 +3,6 @@
 //! knots a previous tree left running.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -12,9 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use isolation::{Hierarchies, Signal};
-use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
-use nix::sys::signal::SigSet;
-use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use protocol::pb::lithos as pb;
 use tokio::net::UnixDatagram;
 use tokio::signal::unix::{SignalKind, signal};
@@ -136,7 +132,7 @@ impl std::fmt::Debug for Tree {
 }
 
 fn pid_alive(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    isolation::signal::is_alive(pid)
 }
 
 fn process_name(pid: i32) -> Option<String> {
@@ -221,10 +217,6 @@ pub fn find_knots(master: &Path) -> Vec<FoundKnot> {
     found
 }
 
-fn cstring(s: impl AsRef<std::ffi::OsStr>) -> CString {
-    CString::new(s.as_ref().as_bytes()).unwrap_or_default()
-}
-
 impl Tree {
     pub fn new(
         master: Master,
@@ -241,7 +233,7 @@ impl Tree {
         let (gone_tx, gone_rx) = mpsc::unbounded_channel();
         let watcher = Watcher::start(gone_tx).map_err(|e| TreeError::Io {
             path: "knot watcher".into(),
-            source: e.into(),
+            source: e,
         })?;
         let metrics = Metrics::new(
             &std::env::var_os("CANTAL_PATH")
@@ -631,83 +623,23 @@ impl Tree {
                 .map_err(|e| e.to_string())?;
             sources.push((fd.as_raw_fd(), s.knot_fd));
         }
-        let mut actions = PosixSpawnFileActions::init().map_err(|e| e.to_string())?;
-        // Two steps, through numbers above every source and target, so placing one socket
-        // never clobbers another that is still to be copied.
-        let above = sources
-            .iter()
-            .flat_map(|(a, b)| [*a, *b])
-            .max()
-            .unwrap_or(2)
-            + 1;
-        for (i, (src, _)) in sources.iter().enumerate() {
-            actions
-                .add_dup2(*src, above + i as RawFd)
-                .map_err(|e| e.to_string())?;
-        }
-        for (i, (_, target)) in sources.iter().enumerate() {
-            actions
-                .add_dup2(above + i as RawFd, *target)
-                .map_err(|e| e.to_string())?;
-            actions
-                .add_close(above + i as RawFd)
-                .map_err(|e| e.to_string())?;
-        }
         // The tree keeps its sockets open across exec: the knot gets only its own.
-        for raw in self.sockets.raw_fds() {
-            if !sources.iter().any(|(_, t)| *t == raw) {
-                actions.add_close(raw).map_err(|e| e.to_string())?;
-            }
-        }
-        let mut attr = PosixSpawnAttr::init().map_err(|e| e.to_string())?;
-        attr.set_flags(
-            PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
-                | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF
-                | PosixSpawnFlags::POSIX_SPAWN_SETPGROUP,
-        )
-        .map_err(|e| e.to_string())?;
-        attr.set_sigmask(&SigSet::empty())
-            .map_err(|e| e.to_string())?;
-        let mut defaults = SigSet::empty();
-        for s in [
-            Signal::SIGPIPE,
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGQUIT,
-            Signal::SIGHUP,
-            Signal::SIGUSR1,
-            Signal::SIGUSR2,
-            Signal::SIGCHLD,
-        ] {
-            defaults.add(s);
-        }
-        attr.set_sigdefault(&defaults).map_err(|e| e.to_string())?;
-        // Own process group: terminal signals for the tree do not reach knots.
-        attr.set_pgroup(nix::unistd::Pid::from_raw(0))
-            .map_err(|e| e.to_string())?;
+        let close = self.sockets.raw_fds();
         let args = [
-            cstring(&self.knot_exe),
-            cstring("--name"),
-            cstring(&c.name),
-            cstring("--master"),
-            cstring(&self.master.path),
-            cstring("--config"),
-            cstring(c.to_json()),
+            self.knot_exe.clone().into_os_string(),
+            "--name".into(),
+            c.name.clone().into(),
+            "--master".into(),
+            self.master.path.clone().into_os_string(),
+            "--config".into(),
+            c.to_json().into(),
         ];
-        let env: Vec<CString> = std::env::vars_os()
-            .map(|(k, v)| {
-                let mut kv = k;
-                kv.push("=");
-                kv.push(v);
-                cstring(kv)
-            })
-            .collect();
-        let pid = posix_spawn(self.knot_exe.as_path(), &actions, &attr, &args, &env)
-            .map_err(|e| format!("spawn {}: {e}", self.knot_exe.display()))?;
+        let pid = isolation::spawn::group_leader(&self.knot_exe, &args, &sources, &close)
+            .map_err(|e| e.to_string())?;
         // Not reaped until its pidfd is open, so the pid cannot be reused in between.
-        let pidfd = isolation::pidfd::open(pid.as_raw()).map_err(|e| e.to_string())?;
-        info!(instance = %c.name, knot = pid.as_raw(), "started knot");
-        Ok((pid.as_raw() as u32, pidfd))
+        let pidfd = isolation::pidfd::open(pid).map_err(|e| e.to_string())?;
+        info!(instance = %c.name, knot = pid, "started knot");
+        Ok((pid as u32, pidfd))
     }
 
     fn watch(&self, name: &str, pid: u32, pidfd: &OwnedFd) {
@@ -726,15 +658,11 @@ impl Tree {
         };
         let mut code = None;
         if knot.child {
-            loop {
-                match waitid(Id::PIDFd(knot.pidfd.as_fd()), WaitPidFlag::WEXITED) {
-                    Ok(WaitStatus::Exited(_, c)) => code = Some(c),
-                    Ok(WaitStatus::Signaled(..)) => code = Some(state::code::FAILURE),
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    _ => {}
-                }
-                break;
-            }
+            code = match isolation::wait::for_pidfd(knot.pidfd.as_fd()) {
+                Ok(isolation::ExitStatus::Exited(c)) => Some(c),
+                Ok(isolation::ExitStatus::Signaled(_)) => Some(state::code::FAILURE),
+                Err(_) => None,
+            };
         }
         let state_dir = knot.config.as_ref().map(|c| c.state_dir.clone());
         let record: Option<ExitRecord> = state_dir
@@ -1100,11 +1028,8 @@ impl Tree {
             tokio::time::sleep(Duration::from_secs(5)).await;
             for pid in strangers {
                 warn!(pid, "killing an unidentified child");
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-                let _ = tokio::task::spawn_blocking(move || {
-                    nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None)
-                })
-                .await;
+                let _ = isolation::signal::send(pid, Signal::SIGKILL);
+                let _ = tokio::task::spawn_blocking(move || isolation::wait::for_pid(pid)).await;
             }
         });
     }
@@ -1273,11 +1198,10 @@ impl Tree {
         }
         info!("re-executing {}", self.exe.display());
         // Blocked across exec: the new image unblocks them once its handlers are in place.
-        let _ = upgrade_signals().thread_block();
-        let args: Vec<CString> = self.args.iter().map(cstring).collect();
-        let err = nix::unistd::execv(&cstring(&self.exe), &args).err();
-        let _ = upgrade_signals().thread_unblock();
-        error!("exec {}: {err:?}; keeping this tree", self.exe.display());
+        let _ = isolation::signal::block(&UPGRADE_SIGNALS);
+        let err = isolation::exec::replace(&self.exe, &self.args, std::env::vars_os());
+        let _ = isolation::signal::unblock(&UPGRADE_SIGNALS);
+        error!("{err}; keeping this tree");
     }
 
     fn begin_stop(&mut self) {
@@ -1307,7 +1231,7 @@ impl Tree {
         let mut sig_usr1 = signal(SignalKind::user_defined1()).map_err(TreeError::Signals)?;
         let mut sig_usr2 = signal(SignalKind::user_defined2()).map_err(TreeError::Signals)?;
         // Handlers are in place: signals blocked across a re-exec may arrive now.
-        let _ = upgrade_signals().thread_unblock();
+        let _ = isolation::signal::unblock(&UPGRADE_SIGNALS);
 
         let notify_path = self.master.notify_socket();
         let _ = std::fs::remove_file(&notify_path);
@@ -1404,17 +1328,11 @@ fn signal_knot(k: &KnotHandle, sig: Signal) {
 
 /// The signals that make the tree re-execute or stop: blocked across exec and during
 /// start-up until the handlers exist.
-pub fn upgrade_signals() -> SigSet {
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGQUIT,
-        Signal::SIGHUP,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-    ] {
-        set.add(s);
-    }
-    set
-}
+pub const UPGRADE_SIGNALS: [Signal; 6] = [
+    Signal::SIGQUIT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+];

@@ -2,11 +2,11 @@
 //! ends) and reports each end to the supervisor loop.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use isolation::readiness::ReadySet;
 use tokio::sync::mpsc;
 
 /// A knot ended.
@@ -21,7 +21,7 @@ type Watched = Arc<Mutex<HashMap<u64, (String, u32, OwnedFd)>>>;
 /// The watcher thread's handle.
 #[derive(Debug)]
 pub struct Watcher {
-    epoll: Arc<Epoll>,
+    set: Arc<ReadySet>,
     watched: Watched,
     next: AtomicU64,
     tx: mpsc::UnboundedSender<KnotGone>,
@@ -29,39 +29,34 @@ pub struct Watcher {
 
 impl Watcher {
     /// Starts the thread; ends are sent to `tx`.
-    pub fn start(tx: mpsc::UnboundedSender<KnotGone>) -> nix::Result<Watcher> {
-        let epoll = Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?);
+    pub fn start(tx: mpsc::UnboundedSender<KnotGone>) -> std::io::Result<Watcher> {
+        let set = Arc::new(ReadySet::new().map_err(std::io::Error::other)?);
         let watched: Watched = Arc::default();
-        let (thread_epoll, thread_watched, thread_tx) =
-            (epoll.clone(), watched.clone(), tx.clone());
+        let (thread_set, thread_watched, thread_tx) = (set.clone(), watched.clone(), tx.clone());
         std::thread::Builder::new()
             .name("knot-watcher".into())
             .spawn(move || {
-                let mut events = [EpollEvent::empty(); 32];
                 loop {
-                    let n = match thread_epoll.wait(&mut events, EpollTimeout::NONE) {
-                        Ok(n) => n,
-                        Err(nix::errno::Errno::EINTR) => continue,
-                        Err(_) => return,
+                    let Ok(keys) = thread_set.wait() else {
+                        return;
                     };
-                    for event in &events[..n] {
+                    for key in keys {
                         let entry = thread_watched
                             .lock()
-                            .map(|mut w| w.remove(&event.data()))
+                            .map(|mut w| w.remove(&key))
                             .ok()
                             .flatten();
                         if let Some((name, pid, fd)) = entry {
-                            let _ = thread_epoll.delete(&fd);
+                            let _ = thread_set.remove(fd.as_fd());
                             if thread_tx.send(KnotGone { name, pid }).is_err() {
                                 return;
                             }
                         }
                     }
                 }
-            })
-            .map_err(|_| nix::errno::Errno::EAGAIN)?;
+            })?;
         Ok(Watcher {
-            epoll,
+            set,
             watched,
             next: AtomicU64::new(1),
             tx,
@@ -71,9 +66,8 @@ impl Watcher {
     /// Reports when the process behind `pidfd` ends.
     pub fn watch(&self, name: &str, pid: u32, pidfd: OwnedFd) {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
-        let event = EpollEvent::new(EpollFlags::EPOLLIN, key);
         if let Ok(mut w) = self.watched.lock() {
-            if self.epoll.add(&pidfd, event).is_err() {
+            if self.set.add(pidfd.as_fd(), key).is_err() {
                 // Cannot watch it: treat it as ended so the loop looks at it now.
                 let _ = self.tx.send(KnotGone {
                     name: name.to_owned(),

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Fixture, app_pid, bin, free_port, holds_listener, proc_status};
-use nix::sys::signal::Signal;
+use isolation::Signal;
 use protocol::pb::lithos as pb;
 use tokio_stream::StreamExt;
 
@@ -398,11 +398,7 @@ fn upgrade_and_crash_keep_containers_and_the_listening_socket() {
     let before = f.wait_running(&["demo/w.0", "demo/w.1"]);
     let prober = Prober::start(port, false);
     for _ in 0..5 {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(f.tree_pid()),
-            nix::sys::signal::Signal::SIGQUIT,
-        )
-        .unwrap();
+        isolation::signal::send(f.tree_pid(), Signal::SIGQUIT).unwrap();
         std::thread::sleep(Duration::from_millis(300));
         f.wait_until(
             "the re-executed tree answers",
@@ -680,11 +676,7 @@ fn broken_processes_file_keeps_running_containers() {
     );
     // Written by hand and applied with SIGQUIT: the tree keeps the last good config.
     f.write_processes("w: [image: v1\n");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(f.tree_pid()),
-        nix::sys::signal::Signal::SIGQUIT,
-    )
-    .unwrap();
+    isolation::signal::send(f.tree_pid(), Signal::SIGQUIT).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     f.wait_until("the tree answers", Duration::from_secs(20), |f| {
         f.try_status().is_some()
@@ -711,11 +703,7 @@ fn broken_processes_file_keeps_running_containers() {
     let pid = f.tree_pid();
     let good_master = fs::read_to_string(&f.master).unwrap();
     fs::write(&f.master, format!("{good_master}runtime-dri: x\n")).unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGQUIT,
-    )
-    .unwrap();
+    isolation::signal::send(pid, Signal::SIGQUIT).unwrap();
     f.wait_until("the refusal is logged", Duration::from_secs(10), |f| {
         f.tree_log().contains("not re-executing")
     });

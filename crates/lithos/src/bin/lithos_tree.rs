@@ -34,7 +34,7 @@ struct Args {
 
 fn main() {
     // Blocked until the handlers exist (they stay blocked across a re-exec).
-    let _ = tree::upgrade_signals().thread_block();
+    let _ = isolation::signal::block(&tree::UPGRADE_SIGNALS);
     let args = Args::parse();
     let master = match Master::load(&args.master) {
         Ok(m) => m,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use protocol::pb::lithos as pb;
 
 pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+    isolation::user::effective_uid() == 0
 }
 
 #[macro_export]
@@ -306,10 +306,10 @@ impl Fixture {
     }
 
     /// Sends `signal` to the tree and waits until the new image it execs answers.
-    pub fn reexec_with(&self, signal: nix::sys::signal::Signal) {
+    pub fn reexec_with(&self, signal: isolation::Signal) {
         let starts = |f: &Fixture| f.tree_log().matches("lithos_tree running").count();
         let before = starts(self);
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.tree_pid()), signal).unwrap();
+        isolation::signal::send(self.tree_pid(), signal).unwrap();
         self.wait_until(
             &format!("the tree re-executed after {signal}"),
             Duration::from_secs(20),
@@ -323,10 +323,7 @@ impl Fixture {
 
     pub fn stop_tree(&mut self) {
         if let Some(mut child) = self.tree.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            let _ = isolation::signal::send(child.id() as i32, isolation::Signal::SIGTERM);
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(20) {
                 if child.try_wait().unwrap().is_some() {
@@ -378,10 +375,7 @@ impl Drop for Fixture {
         self.stop_tree();
         // Whatever a failed test left: knots of this master, then the cgroups.
         for knot in lithos::tree::find_knots(&self.master) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(knot.pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = isolation::signal::send(knot.pid, isolation::Signal::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(100));
         if let Ok(h) = isolation::Hierarchies::detect(None) {
