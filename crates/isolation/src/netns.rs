@@ -10,6 +10,7 @@
 //! container is cloned as a sibling of that process, so it is the caller's child as usual.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, open};
@@ -43,6 +44,10 @@ pub enum NetworkNamespaceError {
     IdMaps(SpawnError),
     #[error("open the namespaces of pid {pid}: {reason}")]
     OpenOwned { pid: i32, reason: OsReason },
+    #[error("open network namespace {path}: {reason}")]
+    OpenNamed { path: PathBuf, reason: OsReason },
+    #[error("enter network namespace: {0}")]
+    Enter(OsReason),
 }
 
 /// A network namespace with only `lo`, up; it lives while this value (or a container that
@@ -61,6 +66,23 @@ pub(crate) struct OwningUserNamespace {
 }
 
 impl NetworkNamespace {
+    /// A handle on an existing namespace, e.g. `/run/netns/NAME` made by `ip netns add`.
+    pub fn open(path: &Path) -> Result<NetworkNamespace, NetworkNamespaceError> {
+        let fd = open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| {
+            NetworkNamespaceError::OpenNamed {
+                path: path.to_owned(),
+                reason: OsReason(e),
+            }
+        })?;
+        Ok(NetworkNamespace { fd, owner: None })
+    }
+
+    /// Runs `f` with the calling thread in this namespace (its new sockets are the
+    /// namespace's), then moves the thread back.
+    pub fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T, NetworkNamespaceError> {
+        within(self, f).map_err(|e| NetworkNamespaceError::Enter(OsReason(e)))
+    }
+
     /// Creates the namespace in a short-lived thread, so no thread of the caller moves.
     pub fn new() -> Result<NetworkNamespace, NetworkNamespaceError> {
         let made = std::thread::spawn(|| {
@@ -509,5 +531,29 @@ mod tests {
             ]
         );
         assert_eq!(nest_map(&[line(0, 200014, 3)], &owner), Err(200015));
+    }
+
+    #[test]
+    fn a_namespace_opened_by_path_is_entered_and_left() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: creating a network namespace needs root");
+            return;
+        }
+        let link = || std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+        let made = NetworkNamespace::new().unwrap();
+        let path = PathBuf::from(format!("/proc/self/fd/{}", made.as_fd().as_raw_fd()));
+        let opened = NetworkNamespace::open(&path).unwrap();
+        let own = link();
+        let inside = opened.run(link).unwrap();
+        assert_ne!(inside, own);
+        assert_eq!(link(), own, "the thread is back in its own namespace");
+        assert_eq!(made.run(link).unwrap(), inside);
+
+        let missing = Path::new("/run/netns/no-such-namespace");
+        let err = NetworkNamespace::open(missing).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "open network namespace /run/netns/no-such-namespace: no such file or directory"
+        );
     }
 }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use isolation::Signal;
+use isolation::signal::send;
 
 /// Why a daemon could not be started or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -95,9 +95,8 @@ impl Daemon {
         if let Some(status) = self.exited()? {
             return Ok(status);
         }
-        let pid = Pid::from_raw(self.child.id() as i32);
         // The child is ours and not yet reaped, so the pid cannot have been reused.
-        let _ = kill(pid, Signal::SIGTERM);
+        let _ = send(self.child.id() as i32, Signal::SIGTERM);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Some(status) = self.exited()? {
@@ -168,13 +167,13 @@ impl Record {
                 continue;
             }
             tracing::warn!(name, pid, "stopping a daemon the last run left behind");
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            let _ = send(pid, Signal::SIGTERM);
             let deadline = Instant::now() + grace;
             while ours() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
             if ours() {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = send(pid, Signal::SIGKILL);
             }
             stopped.push(name.to_string());
         }

@@ -140,7 +140,7 @@ pub fn up(
     stop: &AtomicBool,
     on_ready: impl FnOnce(&Addresses),
 ) -> Result<(), StackError> {
-    if !nix::unistd::geteuid().is_root() {
+    if isolation::user::effective_uid() != 0 {
         return Err(StackError::NotRoot);
     }
     let bin = |name: &str| -> Result<PathBuf, StackError> {

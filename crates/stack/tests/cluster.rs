@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cluster_support::{Cluster, http, outcome, wait_for, within};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use isolation::Signal;
+use isolation::signal::send;
 use serde_json::{Value, json};
 
 const HOSTS: usize = 3;
@@ -31,7 +31,7 @@ fn all() -> Vec<usize> {
 
 #[test]
 fn three_hosts_deploy_restart_fail_over_partition_and_roll_back() {
-    if !nix::unistd::geteuid().is_root() {
+    if isolation::user::effective_uid() != 0 {
         eprintln!("skipped: needs root");
         return;
     }
@@ -142,7 +142,7 @@ fn killed_app_is_restarted_and_seen_by_cantal(cluster: &Cluster, i: usize) {
         || format!("cantal: {:?}", cantal_demo_pids(cluster, i)),
         || (cantal_demo_pids(cluster, i)? == [i64::from(old)]).then_some(()),
     );
-    kill(Pid::from_raw(old), Signal::SIGKILL).unwrap();
+    send(old, Signal::SIGKILL).unwrap();
     let new = wait_for(
         Duration::from_secs(20),
         "lithos to restart demo-web",

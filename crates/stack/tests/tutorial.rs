@@ -12,8 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use isolation::Signal;
+use isolation::signal::{send, send_to_group};
 
 /// The address the tutorial's daemons listen on (its `H`): no other test uses it.
 const TUTORIAL_HOST: &str = "127.0.0.77";
@@ -148,7 +148,7 @@ impl Leftovers {
                 break;
             }
             for pid in pids {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = send(pid, Signal::SIGKILL);
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -158,7 +158,9 @@ impl Leftovers {
             }
         }
         for point in self.mounts().iter().rev() {
-            let _ = nix::mount::umount2(point.as_str(), nix::mount::MntFlags::MNT_DETACH);
+            let _ = Command::new("umount")
+                .args(["--lazy", point.as_str()])
+                .status();
         }
     }
 }
@@ -189,7 +191,7 @@ impl Drop for Run {
     fn drop(&mut self) {
         // The script and its background jobs share its process group; lithos' knots and the
         // containers do not, the leftover scan finds those.
-        let _ = kill(Pid::from_raw(-(self.script.id() as i32)), Signal::SIGKILL);
+        let _ = send_to_group(self.script.id() as i32, Signal::SIGKILL);
         let _ = self.script.wait();
         self.leftovers.remove();
     }
@@ -197,7 +199,7 @@ impl Drop for Run {
 
 #[test]
 fn every_command_of_the_tutorial_runs() {
-    if !nix::unistd::geteuid().is_root() {
+    if isolation::user::effective_uid() != 0 {
         eprintln!("skipped: needs root");
         return;
     }

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use isolation::Signal;
+use isolation::signal::send;
 
 struct Printed {
     verwalter: String,
@@ -24,13 +24,13 @@ struct Printed {
 struct Stack(Child);
 
 impl Stack {
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.0.id() as i32)
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
     }
 
     /// SIGINT, then its exit status (at most 60 s).
     fn interrupt(&mut self) -> std::process::ExitStatus {
-        let _ = kill(self.pid(), Signal::SIGINT);
+        let _ = send(self.pid(), Signal::SIGINT);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.0.try_wait().unwrap() {
@@ -175,7 +175,7 @@ fn stop_and_check_clean(mut stack: Stack, layout: &stack::Layout, host: &str) {
 
 #[test]
 fn up_serves_the_demo_restarts_and_recovers_from_a_kill() {
-    if !nix::unistd::geteuid().is_root() {
+    if isolation::user::effective_uid() != 0 {
         eprintln!("skipped: needs root");
         return;
     }
@@ -198,7 +198,7 @@ fn up_serves_the_demo_restarts_and_recovers_from_a_kill() {
     // the demo stay behind ...
     let (mut stack, printed) = start(&layout.root, &host);
     check_serving(&printed, &host);
-    kill(stack.pid(), Signal::SIGKILL).unwrap();
+    send(stack.pid(), Signal::SIGKILL).unwrap();
     stack.0.wait().unwrap();
     assert!(!processes_naming(layout.root.to_str().unwrap()).is_empty());
 

@@ -13,9 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sched::CloneFlags;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use isolation::Signal;
+use isolation::signal::send;
 use serde_json::Value;
 use stack::Layout;
 
@@ -98,13 +97,11 @@ fn add_namespace(ns: &str, veth: &str, bridge: &str, addr: &str) {
 /// Runs `f` on a thread that has joined network namespace `ns`: its sockets are that
 /// namespace's (network namespaces are per thread).
 pub fn within<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let handle = File::open(format!("/run/netns/{ns}")).expect("open the namespace");
+    let handle = isolation::NetworkNamespace::open(Path::new(&format!("/run/netns/{ns}")))
+        .expect("open the namespace");
     std::thread::scope(|scope| {
         scope
-            .spawn(|| {
-                nix::sched::setns(&handle, CloneFlags::CLONE_NEWNET).expect("join the namespace");
-                f()
-            })
+            .spawn(|| handle.run(f).expect("join the namespace"))
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
@@ -247,7 +244,7 @@ impl Host {
 
 /// Sends `signal` to a child (ours, not yet reaped, so its pid is not reused).
 fn signal(child: &Child, signal: Signal) {
-    let _ = kill(Pid::from_raw(child.id() as i32), signal);
+    let _ = send(child.id() as i32, signal);
 }
 
 /// Waits at most `limit` for `child`, then SIGKILLs it.
@@ -663,7 +660,7 @@ fn processes_naming(needle: &str) -> Vec<(i32, String)> {
 
 fn kill_processes_naming(needle: &str) {
     for (pid, _) in processes_naming(needle) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = send(pid, Signal::SIGKILL);
     }
 }
 
@@ -675,7 +672,7 @@ fn remove_cgroups(name: &str) -> Result<(), String> {
         let tops = stack::cgroups::existing(name).map_err(|e| e.to_string())?;
         for top in &tops {
             for pid in pids_below(top) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = send(pid, Signal::SIGKILL);
             }
         }
         match stack::cgroups::remove(name) {
