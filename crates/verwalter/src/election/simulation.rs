@@ -424,19 +424,30 @@ async fn three_two_split_with_the_minority_ahead(seed: u64) -> (Cluster, usize, 
     panic!("seed {seed}: the minority never got ahead of the majority's epoch");
 }
 
-/// Waits until `winner` leads every live node, failing if it ever stops leading meanwhile.
-async fn settles_on_without_stepping_down(cluster: &Cluster, winner: usize, seed: u64) {
-    let healed = cluster
+/// Waits up to 3 s for `done`, failing if `winner` ever stops leading meanwhile.
+async fn while_leading(
+    cluster: &Cluster,
+    winner: usize,
+    seed: u64,
+    done: impl Fn(&Cluster) -> bool,
+) -> bool {
+    cluster
         .wait_for(3 * SECOND, |c| {
             assert_eq!(
                 c.status(winner).state,
                 State::Leader,
                 "seed {seed}: the majority's leader stepped down"
             );
-            c.settled().is_some()
+            done(c)
         })
-        .await;
-    assert!(healed.is_some(), "seed {seed}: no single leader after heal");
+        .await
+        .is_some()
+}
+
+/// Waits until `winner` leads every live node, failing if it ever stops leading meanwhile.
+async fn settles_on_without_stepping_down(cluster: &Cluster, winner: usize, seed: u64) {
+    let healed = while_leading(cluster, winner, seed, |c| c.settled().is_some()).await;
+    assert!(healed, "seed {seed}: no single leader after heal");
     assert_eq!(
         cluster.settled(),
         Some(winner),
@@ -474,17 +485,11 @@ async fn a_follower_from_a_higher_epoch_joins_the_majority_leader_without_deposi
             cluster.cantal_marks(i, &[loser], false);
         }
         cluster.cantal_marks(loser, &others, false);
-        let joined = cluster
-            .wait_for(3 * SECOND, |c| {
-                assert_eq!(
-                    c.status(winner).state,
-                    State::Leader,
-                    "seed {seed}: the majority's leader stepped down"
-                );
-                c.settled_among(&others).is_some()
-            })
-            .await;
-        assert!(joined.is_some(), "seed {seed}: the follower did not join");
+        let joined = while_leading(&cluster, winner, seed, |c| {
+            c.settled_among(&others).is_some()
+        })
+        .await;
+        assert!(joined, "seed {seed}: the follower did not join");
         assert_eq!(cluster.settled_among(&others), Some(winner), "seed {seed}");
         assert!(
             cluster.status(winner).epoch >= cluster.status(follower).epoch,
