@@ -26,7 +26,7 @@
 # Output: tests/bench/out/cantal/ (raw samples, hyperfine JSON, logs) and
 #         tests/bench/out/cantal/report.md (machine, commands, tables), also printed.
 # Environment: PROCS (1000), M1_WARMUP (20), M1_SECONDS (60), M2_SCANS (10), M3_RUNS (100),
-#   G1_SIZES ("5 10"), G1_REPEATS (2), G1_TRAFFIC_SECONDS (10); M1_ONLY=1 stops after M1. The
+#   G1_SIZES ("5 10"), G1_REPEATS (2), G1_TRAFFIC_SECONDS (10); M1_ONLY=1 stops after M1; G1_ONLY=1 runs only G1. The
 #   load average is recorded with each measurement: the machine may be shared.
 #
 # Not part of CI: it needs root, installs packages and takes about 6 minutes.
@@ -138,6 +138,8 @@ metric() { # metric NS PORT NAME: the value of an unlabelled series
     echo "- load average at start: $(loadavg)"
 } > "$report"
 
+# G1_ONLY=1 skips M1-M3 (a larger G1 sample without the ten minutes before it).
+if [ "${G1_ONLY:-}" != 1 ]; then
 # ---------------------------------------------------------------------------------------------
 # M1 (and the M2/M3 daemons): one namespace with loopback, four daemons, 1000 sleepers.
 # ---------------------------------------------------------------------------------------------
@@ -414,6 +416,7 @@ for pid in "${daemons[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
 wait 2>/dev/null || true
 daemons=()
 ip netns delete "$mns"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # G1: gossip join, failure detection and traffic, cantal vs serf.
