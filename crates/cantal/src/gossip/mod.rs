@@ -5,11 +5,13 @@
 //! publishes the changes to `WatchPeers` subscribers as they happen. The same loop runs on
 //! a UDP socket in the agent and on an in-memory network in the simulation tests.
 
+pub mod broadcast;
 pub mod effects;
 pub mod frame;
 pub mod identity;
 pub mod node_info;
 pub mod peers;
+pub mod suspicion;
 pub mod transport;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -32,11 +34,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 use crate::log_limit::LogLimit;
+use broadcast::{Broadcast, Handler};
 use effects::{Duplicates, Effects};
 use frame::BadPacket;
 use identity::NodeId;
-use node_info::{InfoHandler, InfoStore, NodeInfo};
+use node_info::{InfoStore, NodeInfo};
 use peers::{Conflict, Member, Peers, ProbeStats};
+use suspicion::{Confirmations, Suspicion};
 pub use transport::Transport;
 
 /// Protocol timing; [`Timing::default`] is the spec's.
@@ -182,7 +186,7 @@ struct Join {
     slow_retry: Duration,
 }
 
-type FocaInstance = Foca<NodeId, PostcardCodec, StdRng, InfoHandler>;
+type FocaInstance = Foca<NodeId, PostcardCodec, StdRng, Handler>;
 
 /// A member learned from others that has to answer before a deadline (see
 /// [`Gossip::verify_members`]).
@@ -215,8 +219,10 @@ pub struct Gossip {
     conflict: Option<Conflict>,
     /// foca's members at the last reconcile: the table is rebuilt only when they change.
     fingerprint: Vec<(NodeId, State, u16)>,
-    /// Suspect members: incarnation suspected and when to declare them dead.
+    /// Suspect members: incarnation suspected and since when.
     suspicions: HashMap<NodeId, (u16, Instant)>,
+    /// Which nodes' probes of a suspect failed (Lifeguard's confirmations).
+    confirmations: Confirmations,
     stats_changed: bool,
     reconcile_due: Option<Instant>,
     /// After joining a large cluster, announces to a few more members until then: one
@@ -305,14 +311,17 @@ impl Gossip {
             generation: 0,
         };
         let foca_rng = StdRng::seed_from_u64(rng.random());
-        let infos = InfoStore::new(config.max_peers.saturating_mul(2).max(16));
+        let capacity = config.max_peers.saturating_mul(2).max(16);
+        let infos = InfoStore::new(capacity);
+        let confirmations = Confirmations::new(capacity);
         let foca = Foca::with_custom_broadcast(
             identity,
             foca_config(&config.timing, 1),
             foca_rng,
             PostcardCodec,
-            InfoHandler {
-                store: infos.clone(),
+            Handler {
+                infos: infos.clone(),
+                confirmations: confirmations.clone(),
             },
         );
         let (tx, rx) = mpsc::unbounded_channel();
@@ -356,6 +365,7 @@ impl Gossip {
             conflict: None,
             fingerprint: Vec::new(),
             suspicions: HashMap::new(),
+            confirmations,
             stats_changed: false,
             reconcile_due: None,
             catch_up: None,
@@ -493,8 +503,8 @@ impl Gossip {
         let pings = self.pings.values().min().map(|sent| *sent + PING_MEMORY);
         let suspicions = self
             .suspicions
-            .values()
-            .map(|(_, deadline)| *deadline)
+            .iter()
+            .map(|(node, &(incarnation, since))| self.suspicion_deadline(node, incarnation, since))
             .min();
         let catch_up = self.catch_up.map(|(next, _)| next);
         let verify = self
@@ -635,17 +645,35 @@ impl Gossip {
         }
     }
 
-    /// Declares dead the members whose suspicion nobody refuted in time.
+    /// When the suspicion of `node` (at `incarnation`, here since `since`) runs out.
     ///
     /// foca starts the suspicion timer only on the node whose probe failed and relies on
     /// gossip to spread that node's verdict; a node that misses the verdict would keep the
     /// member suspect until its own probe comes round. As in the SWIM paper, every node that
-    /// hears a suspicion also times it, with a margin so that the prober normally decides.
+    /// hears a suspicion also times it, with a margin unless its own probe failed too, so that
+    /// the suspecters normally decide. Each further suspecter shortens the time (Lifeguard).
+    fn suspicion_deadline(&self, node: &NodeId, incarnation: u16, since: Instant) -> Instant {
+        let base = foca_config(&self.config.timing, self.cluster_size).suspect_to_down_after;
+        let (suspecters, own) =
+            self.confirmations
+                .suspecters(node, incarnation, self.foca.identity());
+        let timeout = suspicion::timeout(base, suspecters.saturating_sub(1), self.cluster_size);
+        since
+            + if own {
+                timeout
+            } else {
+                timeout.mul_f64(SUSPICION_MARGIN)
+            }
+    }
+
+    /// Declares dead the members whose suspicion nobody refuted in time.
     fn confirm_stale_suspicions(&mut self, now: Instant) {
         let stale: Vec<(NodeId, u16)> = self
             .suspicions
             .iter()
-            .filter(|(_, (_, deadline))| *deadline <= now)
+            .filter(|(node, (incarnation, since))| {
+                self.suspicion_deadline(node, *incarnation, *since) <= now
+            })
             .map(|(node, (incarnation, _))| (node.clone(), *incarnation))
             .collect();
         for (node, incarnation) in stale {
@@ -681,7 +709,7 @@ impl Gossip {
         if unchanged && !force && now < self.info_due {
             return;
         }
-        let bytes = match postcard::to_allocvec(&info) {
+        let bytes = match Broadcast::Info(info.clone()).encode() {
             Ok(bytes) => bytes,
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode node info");
@@ -799,6 +827,15 @@ impl Gossip {
             self.effects.notifications = kicked.notifications;
         }
         for (after, timer) in effects.timers {
+            if let Timer::ChangeSuspectToDown {
+                member_id,
+                incarnation,
+                ..
+            } = &timer
+            {
+                // foca asks for this timer only when its own probe of the member failed.
+                self.broadcast_suspicion(member_id.clone(), *incarnation);
+            }
             self.timers.insert(timer, after);
         }
         for send in effects.sends {
@@ -955,21 +992,37 @@ impl Gossip {
 
     fn track_suspicions(&mut self, members: &[(NodeId, State, u16)]) {
         let now = Instant::now();
-        let timeout = foca_config(&self.config.timing, self.cluster_size)
-            .suspect_to_down_after
-            .mul_f64(SUSPICION_MARGIN);
         let mut current = HashMap::new();
         for (node, state, incarnation) in members {
             if *state != State::Suspect {
                 continue;
             }
-            let deadline = match self.suspicions.get(node) {
-                Some((known, deadline)) if known == incarnation => *deadline,
-                _ => now + timeout,
+            let since = match self.suspicions.get(node) {
+                Some((known, since)) if known == incarnation => *since,
+                _ => now,
             };
-            current.insert(node.clone(), (*incarnation, deadline));
+            current.insert(node.clone(), (*incarnation, since));
         }
         self.suspicions = current;
+        let suspicions = &self.suspicions;
+        self.confirmations
+            .retain(|node| suspicions.contains_key(node));
+    }
+
+    /// Tells the cluster that this node's probe of `suspect` failed.
+    fn broadcast_suspicion(&mut self, suspect: NodeId, incarnation: u16) {
+        let suspicion = Suspicion {
+            suspect,
+            incarnation,
+            by: self.foca.identity().clone(),
+        };
+        let result = Broadcast::Suspicion(suspicion)
+            .encode()
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| self.foca.add_broadcast(&bytes).map_err(|e| e.to_string()));
+        if let Err(error) = result {
+            tracing::warn!(%error, "cannot broadcast a suspicion");
+        }
     }
 
     fn update_conflict(&mut self, addr: Option<SocketAddr>, now_ms: u64) {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use foca::{BroadcastHandler, Invalidates};
+use foca::Invalidates;
 use serde::{Deserialize, Serialize};
 use tokio::time::{Duration, Instant};
 
@@ -84,11 +84,6 @@ impl Invalidates for InfoKey {
     }
 }
 
-/// A broadcast that does not decode.
-#[derive(Debug, thiserror::Error)]
-#[error("bad node info broadcast: {0}")]
-pub struct BadInfo(#[from] postcard::Error);
-
 /// The latest info per address, shared between foca's handler and the gossip loop.
 #[derive(Debug, Clone, Default)]
 pub struct InfoStore {
@@ -136,48 +131,32 @@ impl InfoStore {
     }
 }
 
-/// foca's handler: keeps an announcement when it is newer than what the store has.
-#[derive(Debug, Clone)]
-pub struct InfoHandler {
-    pub store: InfoStore,
-}
+impl InfoStore {
+    /// Whether an announcement of `node` at `version` is newer than what the store has.
+    pub(super) fn is_news(&self, node: &NodeId, version: u64) -> bool {
+        self.lock()
+            .infos
+            .get(&node.addr)
+            .is_none_or(|(known, _)| known.key().order < (node.boot_ms, node.nonce, version))
+    }
 
-impl BroadcastHandler<NodeId> for InfoHandler {
-    type Key = InfoKey;
-    type Error = BadInfo;
-
-    fn receive_item(
-        &mut self,
-        data: &[u8],
-        _sender: Option<&NodeId>,
-    ) -> Result<Option<InfoKey>, BadInfo> {
-        // Most announcements arrive many times: the identity and version at the front
-        // decide whether the rest is worth decoding.
-        let ((node, version), _): ((NodeId, u64), _) = postcard::take_from_bytes(data)?;
-        {
-            let map = self.store.lock();
-            if let Some((known, _)) = map.infos.get(&node.addr)
-                && known.key().order >= (node.boot_ms, node.nonce, version)
-            {
-                return Ok(None);
-            }
-        }
-        let info: NodeInfo = postcard::from_bytes(data)?;
+    /// Keeps `info` if it is newer than what the store has and there is room; its key if so.
+    pub(super) fn accept(&self, info: NodeInfo) -> Option<InfoKey> {
         let key = info.key();
-        let mut map = self.store.lock();
+        let mut map = self.lock();
         if let Some((known, _)) = map.infos.get(&info.node.addr)
             && known.key().order >= key.order
         {
-            return Ok(None);
+            return None;
         }
         if !map.infos.contains_key(&info.node.addr) && map.infos.len() >= map.capacity {
             // A flood of fake announcements must not grow memory; real nodes re-announce.
-            return Ok(None);
+            return None;
         }
         map.infos
             .insert(info.node.addr, (info.bounded(), Instant::now()));
         map.changed = true;
-        Ok(Some(key))
+        Some(key)
     }
 }
 
@@ -201,63 +180,36 @@ mod tests {
     #[test]
     fn newer_versions_replace_older() {
         let store = InfoStore::new(10);
-        let mut handler = InfoHandler {
-            store: store.clone(),
-        };
-        let encode = |i: &NodeInfo| postcard::to_allocvec(i).unwrap();
-        let first = handler
-            .receive_item(&encode(&info(1)), None)
-            .unwrap()
-            .unwrap();
+        let first = store.accept(info(1)).unwrap();
         assert!(store.take_changed());
         assert!(!store.take_changed());
-        assert_eq!(handler.receive_item(&encode(&info(1)), None).unwrap(), None);
-        assert_eq!(handler.receive_item(&encode(&info(0)), None).unwrap(), None);
-        let second = handler
-            .receive_item(&encode(&info(2)), None)
-            .unwrap()
-            .unwrap();
+        assert!(!store.is_news(&info(1).node, 1));
+        assert_eq!(store.accept(info(1)), None);
+        assert_eq!(store.accept(info(0)), None);
+        assert!(store.is_news(&info(2).node, 2));
+        let second = store.accept(info(2)).unwrap();
         assert!(second.invalidates(&first));
         assert!(!first.invalidates(&second));
         let stored = store.get(&"10.0.0.1:22682".parse().unwrap()).unwrap();
         assert_eq!(stored.version, 2);
         assert_eq!(stored.hostname.len(), MAX_NAME);
         assert_eq!(stored.addresses.len(), MAX_ADDRESSES);
-        assert!(handler.receive_item(b"\xff\xff", None).is_err());
     }
 
     #[test]
     fn capacity_bounds_the_store() {
         let store = InfoStore::new(1);
-        let mut handler = InfoHandler {
-            store: store.clone(),
-        };
         let mut other = info(1);
         other.node.addr = "10.0.0.2:22682".parse().unwrap();
-        assert!(
-            handler
-                .receive_item(&postcard::to_allocvec(&info(1)).unwrap(), None)
-                .unwrap()
-                .is_some()
-        );
-        assert!(
-            handler
-                .receive_item(&postcard::to_allocvec(&other).unwrap(), None)
-                .unwrap()
-                .is_none()
-        );
+        assert!(store.accept(info(1)).is_some());
+        assert!(store.accept(other).is_none());
     }
 
     #[tokio::test(start_paused = true)]
     async fn infos_of_non_members_wait_for_the_membership() {
         let store = InfoStore::new(10);
-        let mut handler = InfoHandler {
-            store: store.clone(),
-        };
         let addr = "10.0.0.1:22682".parse().unwrap();
-        handler
-            .receive_item(&postcard::to_allocvec(&info(1)).unwrap(), None)
-            .unwrap();
+        store.accept(info(1));
         store.retain(|_| false);
         assert!(
             store.get(&addr).is_some(),
