@@ -507,11 +507,13 @@ fn dup_cloexec(fd: &OwnedFd) -> Result<OwnedFd, SpawnError> {
 }
 
 impl Plan {
-    /// Prepares every step; `await_fd` is where the child waits for the parent's go. With
-    /// `await_volumes` it waits there a second time before mounting the volumes.
+    /// Prepares every step; `await_fd` is where the child waits for the parent's go: first
+    /// (with `await_release`) before anything else, then (with `await_volumes`) before
+    /// mounting the volumes.
     pub(crate) fn new(
         c: &Container,
         await_fd: RawFd,
+        await_release: bool,
         await_volumes: bool,
     ) -> Result<Plan, SpawnError> {
         let mut b = Builder {
@@ -526,7 +528,9 @@ impl Plan {
             };
             b.push(op, Step::ParentDeathSignal, "");
         }
-        b.push(Op::AwaitParent { fd: await_fd }, Step::AwaitParent, "");
+        if await_release {
+            b.push(Op::AwaitParent { fd: await_fd }, Step::AwaitParent, "");
+        }
         if c.user_namespace.is_some() {
             // Until now the child still runs as the parent's host ids, which may be unmapped in
             // its namespace (files it creates would fail with EOVERFLOW): become its root.

@@ -171,7 +171,10 @@ impl Container {
         let max_target = self.fds.iter().map(|(_, t)| *t).max().unwrap_or(2);
         let (go_read, go_write) = pipe_above(max_target + 1)?;
         let (status_read, status_write) = pipe_above(max_target + 1)?;
-        let plan = Plan::new(self, go_read.as_raw_fd(), prepare.is_some())?;
+        // The child waits for the parent only when the parent has something to do first: a
+        // needless wait costs two wake-ups on every start.
+        let await_release = self.user_namespace.is_some() || cgroup.is_some();
+        let plan = Plan::new(self, go_read.as_raw_fd(), await_release, prepare.is_some())?;
 
         let mut flags = (libc::CLONE_NEWPID
             | libc::CLONE_NEWNS
@@ -202,17 +205,20 @@ impl Container {
         drop(status_write);
         drop(go_read);
 
-        let released = self
-            .release(pid, cgroup, &go_write, nested.is_none())
-            .and_then(|()| match prepare {
-                Some(prepare) => {
-                    prepare()?;
-                    nix::unistd::write(&go_write, &[1])
-                        .map(drop)
-                        .map_err(|e| SpawnError::Release(OsReason(e)))
-                }
-                None => Ok(()),
-            });
+        let released = if await_release {
+            self.release(pid, cgroup, &go_write, nested.is_none())
+        } else {
+            Ok(())
+        };
+        let released = released.and_then(|()| match prepare {
+            Some(prepare) => {
+                prepare()?;
+                nix::unistd::write(&go_write, &[1])
+                    .map(drop)
+                    .map_err(|e| SpawnError::Release(OsReason(e)))
+            }
+            None => Ok(()),
+        });
         if let Err(e) = released {
             kill_and_reap(&pidfd);
             return Err(e);
