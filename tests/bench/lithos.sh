@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # lithos benchmarks S1-S3 of spec/lithos.md §6, ours and Debian's peers side by side:
 #   S1 start-true  `lithos_cmd demo t` (kind: Command, interactive, /bin/true) without and
-#                  with cgroups, against unshare(1)+chroot(1), bubblewrap, crun (no cgroups,
+#                  with cgroups (the static build; the default dynamic one too), against unshare(1)+chroot(1), bubblewrap, crun (no cgroups,
 #                  cgroupfs) and runc, in one `hyperfine -N` invocation; then 100 sequential
 #                  starts as a total (fewer runs: 100 starts per run)
 #   S2 respawn     SIGKILL a Daemon (restart-timeout: 0) whose static stamp program writes
@@ -26,6 +26,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
 source "$here/lib.sh"
 repo=$(cd "$here/../.." && pwd)
+host=$(rustc -vV | sed -n 's/^host: //p')
 out="$here/out/lithos"
 warmup=${WARMUP:-20}
 runs=${RUNS:-300}
@@ -51,8 +52,10 @@ if [ -z "${LITHOS_BENCH_INNER:-}" ]; then
     esac
     install_missing "${packages[@]}"
 
-    echo ">> building lithos (release)" >&2
+    echo ">> building lithos (release: static as docs/lithos.md recommends, and dynamic)" >&2
     (cd "$repo" && cargo build --release -q -p lithos --bins)
+    (cd "$repo" && cargo build --release -q -p lithos --bins --target "$host" \
+        --config "target.$host.rustflags = ['-C', 'target-feature=+crt-static']")
 
     rm -rf "$out"
     mkdir -p "$out"
@@ -228,7 +231,9 @@ for variant in nocg cg; do
     mkdir -p "$l/$variant/run"
     mount -t tmpfs -o mode=0755 lithos-bench-run "$l/$variant/run"
 done
-bin="$repo/target/release"
+# The static build measures S1-S3; the default dynamic build is one more row of S1.
+bin="$repo/target/$host/release"
+dynamic="$repo/target/release"
 load="$out/load.txt"
 : > "$load"
 
@@ -329,6 +334,7 @@ table() { # JSON BASELINE...
 s1=(
     "lithos_cmd|$bin/lithos_cmd --master $l/nocg/master.yaml demo t"
     "lithos_cmd +cgroups|$bin/lithos_cmd --master $l/cg/master.yaml demo t"
+    "lithos_cmd dynamic|$dynamic/lithos_cmd --master $l/nocg/master.yaml demo t"
     "unshare|unshare -f -p -m -u -i chroot $root /bin/true"
     "bwrap|bwrap --unshare-pid --unshare-uts --unshare-ipc --ro-bind $root / --proc /proc --dev /dev /bin/true"
     "crun|crun --cgroup-manager=disabled run -b $out/bundle-true bench-s1"
@@ -498,7 +504,7 @@ ticks=$(awk '$1 == "idle_cpu_ticks" { print $2 }' "$out/s3-memory.txt")
 {
     echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "- kernel: $(uname -r); CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(nproc) cores; memory $(free -g | awk '/^Mem:/ { print $2 }') GiB"
-    echo "- commit: $(cd "$repo" && git rev-parse --short HEAD)$(cd "$repo" && [ -z "$(git status --porcelain -- crates/lithos crates/isolation)" ] || echo ' (crates/lithos or crates/isolation modified)'); $(rustc --version); release build"
+    echo "- commit: $(cd "$repo" && git rev-parse --short HEAD)$(cd "$repo" && [ -z "$(git status --porcelain -- crates/lithos crates/isolation)" ] || echo ' (crates/lithos or crates/isolation modified)'); $(rustc --version); release build, static (\`--target $host\` with \`+crt-static\`) except the row \`lithos_cmd dynamic\` (plain \`cargo build --release\`)"
     echo "- cgroups: v1 (hybrid host), run inside \`unshare -m --propagation private\` with /sys/fs/cgroup/unified unmounted"
     echo "- machine before each measurement (shared with other builds):"
     echo
