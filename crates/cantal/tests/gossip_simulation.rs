@@ -424,10 +424,10 @@ struct Sighting {
 }
 
 /// Lifeguard: every survivor whose probe of a crashed node fails says so, and each further
-/// suspecter shortens the suspicion, from 4 s unconfirmed to 2 s with two confirmations. In a
+/// suspecter shortens the suspicion, from 4 s unconfirmed to 3 s with two confirmations. In a
 /// ten-node cluster other survivors probe the crashed node within a couple of seconds, so the
-/// first verdict comes well before the unconfirmed 4 s in most runs (without confirmations
-/// it came exactly 4 s after the first suspicion in every run).
+/// first verdict comes before the unconfirmed 4 s in most runs (without confirmations it
+/// came exactly 4 s after the first suspicion in every run).
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn confirmed_suspicions_end_sooner() {
     const RUNS: u64 = 12;
@@ -471,8 +471,60 @@ async fn confirmed_suspicions_end_sooner() {
     eprintln!("crash to dead everywhere: {detections:?}");
     let median = verdicts[verdicts.len() / 2];
     assert!(
-        median <= Duration::from_secs(3),
+        median <= Duration::from_millis(3_100),
         "median suspicion lasted {median:?}"
     );
     assert!(verdicts.iter().all(|v| *v <= Duration::from_millis(4_100)));
+}
+
+/// A node cut off for 3.5 s (so several members' probes of it fail and confirm each other)
+/// refutes the suspicion after the heal and is never declared dead. foca gossips the
+/// suspicion only a few times, all lost while the node is cut off; without the members
+/// telling it directly once they hear from it again (Lifeguard's buddy system), it could not
+/// refute, and outages of 2 s already ended in a death in most runs.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn brief_outage_is_refuted_in_time() {
+    let size = 10;
+    let outage = Duration::from_millis(3_500);
+    let mut suspected = 0;
+    for run in 0..8 {
+        let mut cluster = Cluster::new();
+        cluster.launch_run(size, 100 + run);
+        let everyone: Vec<usize> = (0..size).collect();
+        assert!(
+            cluster
+                .wait_for(Duration::from_secs(10), |c| c.all_alive(&everyone))
+                .await
+                .is_some()
+        );
+        tokio::time::sleep(Duration::from_millis(5_000 + run * 173)).await;
+        let cut = size - 1;
+        let others: Vec<SocketAddr> = (0..cut).map(addr).collect();
+        cluster.nodes[cut].plan.block(others);
+        for i in 0..cut {
+            cluster.nodes[i].plan.block([addr(cut)]);
+        }
+        let sighting = watch_suspicion(&cluster, &(0..cut).collect::<Vec<_>>(), cut);
+        tokio::time::sleep(outage).await;
+        for node in &cluster.nodes {
+            node.plan.heal();
+        }
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        assert_eq!(
+            cluster.deaths(),
+            0,
+            "run {run}: declared dead after {outage:?}"
+        );
+        assert!(cluster.all_alive(&everyone), "run {run}: not all alive");
+        if sighting.lock().unwrap().suspect.is_some() {
+            suspected += 1;
+        }
+        for node in &cluster.nodes {
+            node.shutdown.cancel();
+        }
+    }
+    assert!(
+        suspected >= 6,
+        "only {suspected} of 8 outages raised a suspicion"
+    );
 }

@@ -86,6 +86,11 @@ pub(crate) fn report(status_fd: RawFd, index: usize, errno: Errno) {
 
 pub(crate) fn apply(op: &Op) -> Result<(), Errno> {
     match op {
+        Op::CloseGoWriter { fd } => {
+            // SAFETY: fd is this child's copy of the go pipe's write end, used no further.
+            unsafe { libc::close(*fd) };
+            Ok(())
+        }
         Op::AwaitParent { fd } => await_parent(*fd),
         Op::ParentDeathSignal { signal, watch_fd } => {
             nix::sys::prctl::set_pdeathsig(*signal)?;

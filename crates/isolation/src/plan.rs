@@ -51,8 +51,13 @@ const DEV_SYMLINKS: &[(&str, &str)] = &[
 
 /// One step of the child's setup. Paths are host paths until `PivotRoot`.
 pub(crate) enum Op {
-    /// Blocks until the parent has written id maps and joined the cgroup (or, the second
-    /// time, has run the caller's preparation).
+    /// Closes the child's copy of the go pipe's write end: only then does the read end
+    /// report the parent's death (end of file, hang-up) to the waits and checks below.
+    CloseGoWriter {
+        fd: RawFd,
+    },
+    /// Blocks until the parent has written id maps and joined the cgroup, or has run the
+    /// caller's preparation (whichever of these the container needs, in that order).
     AwaitParent {
         fd: RawFd,
     },
@@ -507,12 +512,13 @@ fn dup_cloexec(fd: &OwnedFd) -> Result<OwnedFd, SpawnError> {
 }
 
 impl Plan {
-    /// Prepares every step; `await_fd` is where the child waits for the parent's go: first
-    /// (with `await_release`) before anything else, then (with `await_volumes`) before
-    /// mounting the volumes.
+    /// Prepares every step; `await_fd` is where the child waits for the parent's go (and
+    /// `go_writer` the write end it inherited): first (with `await_release`) before anything
+    /// else, then (with `await_volumes`) before mounting the volumes.
     pub(crate) fn new(
         c: &Container,
         await_fd: RawFd,
+        go_writer: RawFd,
         await_release: bool,
         await_volumes: bool,
     ) -> Result<Plan, SpawnError> {
@@ -521,10 +527,12 @@ impl Plan {
             subjects: Vec::new(),
         };
         let root = c.root.as_path();
+        b.push(Op::CloseGoWriter { fd: go_writer }, Step::AwaitParent, "");
         if let Some(signal) = c.parent_death_signal {
+            // The parent may have died before the signal was set.
             let op = Op::ParentDeathSignal {
                 signal,
-                watch_fd: None,
+                watch_fd: Some(await_fd),
             };
             b.push(op, Step::ParentDeathSignal, "");
         }

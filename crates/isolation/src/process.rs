@@ -174,7 +174,13 @@ impl Container {
         // The child waits for the parent only when the parent has something to do first: a
         // needless wait costs two wake-ups on every start.
         let await_release = self.user_namespace.is_some() || cgroup.is_some();
-        let plan = Plan::new(self, go_read.as_raw_fd(), await_release, prepare.is_some())?;
+        let plan = Plan::new(
+            self,
+            go_read.as_raw_fd(),
+            go_write.as_raw_fd(),
+            await_release,
+            prepare.is_some(),
+        )?;
 
         let mut flags = (libc::CLONE_NEWPID
             | libc::CLONE_NEWNS

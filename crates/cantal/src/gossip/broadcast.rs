@@ -1,16 +1,22 @@
 //! The custom broadcasts foca carries for cantal: node infos and suspicions.
 //!
-//! Each item is a postcard-encoded [`Broadcast`]; foca frames the items of a packet.
+//! foca frames the items of a packet. An info is a postcard-encoded [`NodeInfo`], as agents
+//! have always sent it; its first byte is its address's variant (0 or 1). A suspicion is
+//! [`SUSPICION_TAG`] followed by a postcard-encoded [`Suspicion`]. Agents from before
+//! suspicions existed fail on that byte and drop the rest of such a packet's broadcasts (its
+//! membership updates are applied first), so a mixed cluster still exchanges names.
 
 use foca::{BroadcastHandler, Invalidates};
-use serde::{Deserialize, Serialize};
 
 use super::identity::NodeId;
 use super::node_info::{InfoKey, InfoStore, NodeInfo};
 use super::suspicion::{Confirmations, Suspicion, SuspicionKey};
 
+/// The first byte of a suspicion item, which no info starts with.
+pub const SUSPICION_TAG: u8 = 0x53;
+
 /// One item of gossip besides membership updates.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Broadcast {
     /// A node describing itself.
     Info(NodeInfo),
@@ -18,17 +24,12 @@ pub enum Broadcast {
     Suspicion(Suspicion),
 }
 
-/// The front of a [`Broadcast`]: for an info the identity and version, which decide whether
-/// the rest is worth decoding (most announcements arrive many times).
-#[derive(Deserialize)]
-enum Head {
-    Info((NodeId, u64)),
-    Suspicion(Suspicion),
-}
-
 impl Broadcast {
     pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
-        postcard::to_allocvec(self)
+        match self {
+            Self::Info(info) => postcard::to_allocvec(info),
+            Self::Suspicion(suspicion) => postcard::to_extend(suspicion, vec![SUSPICION_TAG]),
+        }
     }
 }
 
@@ -70,24 +71,21 @@ impl BroadcastHandler<NodeId> for Handler {
         data: &[u8],
         _sender: Option<&NodeId>,
     ) -> Result<Option<BroadcastKey>, BadBroadcast> {
-        let (head, _): (Head, _) = postcard::take_from_bytes(data)?;
-        let key = match head {
-            Head::Info((node, version)) => {
-                if !self.infos.is_news(&node, version) {
-                    return Ok(None);
-                }
-                match postcard::from_bytes(data)? {
-                    Broadcast::Info(info) => self.infos.accept(info).map(BroadcastKey::Info),
-                    // The head said info; the same bytes cannot decode as anything else.
-                    Broadcast::Suspicion(_) => None,
-                }
-            }
-            Head::Suspicion(suspicion) => self
+        if let Some((&SUSPICION_TAG, suspicion)) = data.split_first() {
+            let suspicion: Suspicion = postcard::from_bytes(suspicion)?;
+            return Ok(self
                 .confirmations
                 .add(suspicion)
-                .map(BroadcastKey::Suspicion),
-        };
-        Ok(key)
+                .map(BroadcastKey::Suspicion));
+        }
+        // Most announcements arrive many times: the identity and version at the front
+        // decide whether the rest is worth decoding.
+        let ((node, version), _): ((NodeId, u64), _) = postcard::take_from_bytes(data)?;
+        if !self.infos.is_news(&node, version) {
+            return Ok(None);
+        }
+        let info: NodeInfo = postcard::from_bytes(data)?;
+        Ok(self.infos.accept(info).map(BroadcastKey::Info))
     }
 }
 
@@ -96,9 +94,11 @@ mod tests {
     use super::*;
 
     fn handler() -> Handler {
+        let confirmations = Confirmations::new(10, node(9));
+        confirmations.set_members([(node(1), 0), (node(2), 3)]);
         Handler {
             infos: InfoStore::new(10),
-            confirmations: Confirmations::new(10),
+            confirmations,
         }
     }
 
@@ -122,6 +122,14 @@ mod tests {
     #[test]
     fn infos_and_suspicions_are_told_apart() {
         let mut handler = handler();
+        // An info encodes as it always did, so agents of any version read each other's.
+        let Broadcast::Info(plain) = info(1) else {
+            unreachable!()
+        };
+        assert_eq!(
+            info(1).encode().unwrap(),
+            postcard::to_allocvec(&plain).unwrap()
+        );
         let first = handler
             .receive_item(&info(1).encode().unwrap(), None)
             .unwrap()
@@ -161,6 +169,6 @@ mod tests {
             None
         );
         assert!(handler.receive_item(b"\xff\xff", None).is_err());
-        assert!(handler.receive_item(b"\x01\x00", None).is_err());
+        assert!(handler.receive_item(&[SUSPICION_TAG, 1], None).is_err());
     }
 }

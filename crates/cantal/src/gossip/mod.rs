@@ -223,6 +223,10 @@ pub struct Gossip {
     suspicions: HashMap<NodeId, (u16, Instant)>,
     /// Which nodes' probes of a suspect failed (Lifeguard's confirmations).
     confirmations: Confirmations,
+    /// When each suspect member was last told that it is suspected.
+    told: HashMap<NodeId, Instant>,
+    /// This node's incarnation, as its last message said.
+    own_incarnation: u16,
     stats_changed: bool,
     reconcile_due: Option<Instant>,
     /// After joining a large cluster, announces to a few more members until then: one
@@ -313,7 +317,7 @@ impl Gossip {
         let foca_rng = StdRng::seed_from_u64(rng.random());
         let capacity = config.max_peers.saturating_mul(2).max(16);
         let infos = InfoStore::new(capacity);
-        let confirmations = Confirmations::new(capacity);
+        let confirmations = Confirmations::new(capacity, identity.clone());
         let foca = Foca::with_custom_broadcast(
             identity,
             foca_config(&config.timing, 1),
@@ -366,6 +370,8 @@ impl Gossip {
             fingerprint: Vec::new(),
             suspicions: HashMap::new(),
             confirmations,
+            told: HashMap::new(),
+            own_incarnation: 0,
             stats_changed: false,
             reconcile_due: None,
             catch_up: None,
@@ -458,6 +464,7 @@ impl Gossip {
             Ok(payload) => match self.foca.handle_data(payload, &mut self.effects) {
                 Ok(()) => {
                     self.heard.insert(from);
+                    self.tell_suspect(from);
                     return true;
                 }
                 Err(foca::Error::DataTooBig) => (BadPacket::Oversized, true),
@@ -678,6 +685,14 @@ impl Gossip {
             .collect();
         for (node, incarnation) in stale {
             self.suspicions.remove(&node);
+            // The table lags foca by a reconcile: a refutation may have arrived with the
+            // confirmations that made the deadline pass, and foca lets Down beat any Alive.
+            let still_suspect = self.foca.iter_membership_state().any(|m| {
+                *m.id() == node && m.state() == State::Suspect && m.incarnation() == incarnation
+            });
+            if !still_suspect {
+                continue;
+            }
             let down = foca::Member::new(node, incarnation, State::Down);
             if let Err(e) = self
                 .foca
@@ -737,6 +752,7 @@ impl Gossip {
         for notification in effects.notifications {
             match notification {
                 OwnedNotification::DataSent(header) => {
+                    self.own_incarnation = header.src_incarnation;
                     if let Message::Ping(probe) = header.message {
                         self.stats_changed = true;
                         let stats = self.stats.entry(header.dst.addr).or_default();
@@ -1007,10 +1023,52 @@ impl Gossip {
         let suspicions = &self.suspicions;
         self.confirmations
             .retain(|node| suspicions.contains_key(node));
+        self.told.retain(|node, _| suspicions.contains_key(node));
+        let live = members
+            .iter()
+            .filter(|(_, state, _)| *state != State::Down)
+            .map(|(node, _, incarnation)| (node.clone(), *incarnation));
+        self.confirmations.set_members(live);
+    }
+
+    /// Lifeguard's buddy system: tells a member this node holds suspect, and just heard from
+    /// at `from`, that it is suspected (at most once per probe timeout), so it refutes now
+    /// instead of being declared dead for having missed the news.
+    fn tell_suspect(&mut self, from: SocketAddr) {
+        let Some((node, incarnation)) = self
+            .suspicions
+            .iter()
+            .find(|(node, _)| node.addr == from)
+            .map(|(node, (incarnation, _))| (node.clone(), *incarnation))
+        else {
+            return;
+        };
+        let now = Instant::now();
+        let interval = self.config.timing.probe_timeout;
+        if self
+            .told
+            .get(&node)
+            .is_some_and(|at| now.duration_since(*at) < interval)
+        {
+            return;
+        }
+        let own = self.foca.identity();
+        match suspicion::notice(own, self.own_incarnation, &node, incarnation) {
+            Ok(payload) => {
+                self.effects.sends.push(effects::Send {
+                    to: from,
+                    payload,
+                    probe: true,
+                });
+                self.told.insert(node, now);
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot encode a suspicion notice"),
+        }
     }
 
     /// Tells the cluster that this node's probe of `suspect` failed.
     fn broadcast_suspicion(&mut self, suspect: NodeId, incarnation: u16) {
+        self.confirmations.set_own(self.foca.identity().clone());
         let suspicion = Suspicion {
             suspect,
             incarnation,
