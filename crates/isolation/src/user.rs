@@ -29,13 +29,17 @@ pub fn effective_uid() -> u32 {
 }
 
 /// Runs `create` with the calling thread's filesystem uid set to `owner`, so what it creates
-/// (files, sockets) belongs to `owner`; the previous fsuid is restored after. Without the
-/// privilege to change it the fsuid silently stays.
+/// (files, sockets) belongs to `owner`; the previous fsuid is restored after, also when
+/// `create` panics. Without the privilege to change it the fsuid silently stays.
 pub fn creating_as<T>(owner: u32, create: impl FnOnce() -> T) -> T {
-    let previous = setfsuid(Uid::from_raw(owner));
-    let result = create();
-    setfsuid(previous);
-    result
+    struct Restore(Uid);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            setfsuid(self.0);
+        }
+    }
+    let _restore = Restore(setfsuid(Uid::from_raw(owner)));
+    create()
 }
 
 /// The real group id.
@@ -111,6 +115,19 @@ mod tests {
         std::fs::write(&mine, "").unwrap();
         assert_eq!(std::fs::metadata(theirs).unwrap().uid(), 1234);
         assert_eq!(std::fs::metadata(mine).unwrap().uid(), 0);
+    }
+
+    #[test]
+    fn a_panic_inside_still_restores_the_fsuid() {
+        if effective_uid() != 0 {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let panicked = std::panic::catch_unwind(|| creating_as(1234, || panic!("inside")));
+        assert!(panicked.is_err());
+        let after = dir.path().join("after");
+        std::fs::write(&after, "").unwrap();
+        assert_eq!(std::fs::metadata(after).unwrap().uid(), 0);
     }
 
     #[test]
