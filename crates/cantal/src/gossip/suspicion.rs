@@ -116,7 +116,8 @@ pub struct Confirmations {
 struct ConfirmationMap {
     suspects: HashMap<NodeId, Suspecters>,
     capacity: usize,
-    /// This node, and the live members with their incarnations, at the last reconcile.
+    /// This node as of its last suspicion, and the live members with their incarnations as
+    /// of the last reconcile.
     own: NodeId,
     members: HashMap<NodeId, u16>,
 }
