@@ -508,10 +508,14 @@ impl Gossip {
     fn next_housekeeping(&self) -> Instant {
         let joins = self.joins.iter().map(|join| join.next_at).min();
         let pings = self.pings.values().min().map(|sent| *sent + PING_MEMORY);
+        // Runs before every wait of the loop: the base timeout is worked out once, not per suspect.
+        let base = self.suspicion_base();
         let suspicions = self
             .suspicions
             .iter()
-            .map(|(node, &(incarnation, since))| self.suspicion_deadline(node, incarnation, since))
+            .map(|(node, &(incarnation, since))| {
+                self.suspicion_deadline(base, node, incarnation, since)
+            })
             .min();
         let catch_up = self.catch_up.map(|(next, _)| next);
         let verify = self
@@ -652,15 +656,26 @@ impl Gossip {
         }
     }
 
-    /// When the suspicion of `node` (at `incarnation`, here since `since`) runs out.
+    /// How long an unconfirmed suspicion lasts in a cluster of this size.
+    fn suspicion_base(&self) -> Duration {
+        foca_config(&self.config.timing, self.cluster_size).suspect_to_down_after
+    }
+
+    /// When the suspicion of `node` (at `incarnation`, here since `since`) runs out, when
+    /// unconfirmed it lasts `base`.
     ///
     /// foca starts the suspicion timer only on the node whose probe failed and relies on
     /// gossip to spread that node's verdict; a node that misses the verdict would keep the
     /// member suspect until its own probe comes round. As in the SWIM paper, every node that
     /// hears a suspicion also times it, with a margin unless its own probe failed too, so that
     /// the suspecters normally decide. Each further suspecter shortens the time (Lifeguard).
-    fn suspicion_deadline(&self, node: &NodeId, incarnation: u16, since: Instant) -> Instant {
-        let base = foca_config(&self.config.timing, self.cluster_size).suspect_to_down_after;
+    fn suspicion_deadline(
+        &self,
+        base: Duration,
+        node: &NodeId,
+        incarnation: u16,
+        since: Instant,
+    ) -> Instant {
         let (suspecters, own) =
             self.confirmations
                 .suspecters(node, incarnation, self.foca.identity());
@@ -675,11 +690,12 @@ impl Gossip {
 
     /// Declares dead the members whose suspicion nobody refuted in time.
     fn confirm_stale_suspicions(&mut self, now: Instant) {
+        let base = self.suspicion_base();
         let stale: Vec<(NodeId, u16)> = self
             .suspicions
             .iter()
             .filter(|(node, (incarnation, since))| {
-                self.suspicion_deadline(node, *incarnation, *since) <= now
+                self.suspicion_deadline(base, node, *incarnation, *since) <= now
             })
             .map(|(node, (incarnation, _))| (node.clone(), *incarnation))
             .collect();
